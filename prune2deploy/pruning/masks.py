@@ -1,0 +1,148 @@
+"""Mask bookkeeping: which tensors are prunable, masks as buffers beside the weights.
+
+Each prunable module gets a non-persistent buffer `weight_mask` (1 keep, 0 pruned). Masks are
+re-applied after every optimizer step and saved on their own (`masks.safetensors`), so the
+saved model stays a plain HF checkpoint with zeros in it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MASK = "weight_mask"
+
+
+def _encoder(model: nn.Module) -> nn.Module:
+    base = getattr(model, "base_model", model)
+    for attr in ("encoder", "transformer"):
+        if hasattr(base, attr):
+            return getattr(base, attr)
+    raise ValueError(f"{type(model).__name__} has no encoder to prune")
+
+
+def prunable_modules(model: nn.Module, include_embeddings: bool = False, include_head: bool = False) -> dict[str, nn.Module]:
+    """Qualified name -> module whose `.weight` is pruned.
+
+    Default (paper guideline 1): the encoder's Linear layers only (attention Q/K/V and output,
+    FFN in and out). Embeddings and the task head (and pooler) stay dense unless asked for.
+    """
+    encoder = _encoder(model)
+    encoder_ids = {id(m) for m in encoder.modules()}
+    base = getattr(model, "base_model", model)
+    embeddings = getattr(base, "embeddings", None)
+    embedding_ids = {id(m) for m in embeddings.modules()} if embeddings is not None else set()
+    base_ids = {id(m) for m in base.modules()}
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and id(module) in encoder_ids:
+            out[name] = module
+        elif include_embeddings and isinstance(module, nn.Embedding) and id(module) in embedding_ids:
+            out[name] = module
+        elif include_head and isinstance(module, nn.Linear) and id(module) not in base_ids:
+            out[name] = module
+    return out
+
+
+def attach_masks(modules: dict[str, nn.Module]) -> None:
+    for module in modules.values():
+        if not hasattr(module, MASK):
+            module.register_buffer(MASK, torch.ones_like(module.weight, dtype=torch.bool), persistent=False)
+
+
+@torch.no_grad()
+def apply_masks(modules: dict[str, nn.Module]) -> None:
+    """Zero the pruned weights (call after every optimizer step)."""
+    for module in modules.values():
+        module.weight.mul_(getattr(module, MASK))
+
+
+def get_masks(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{name}.weight": getattr(m, MASK) for name, m in modules.items()}
+
+
+@torch.no_grad()
+def set_masks(modules: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+    for name, module in modules.items():
+        key = f"{name}.weight"
+        if key not in masks:
+            raise KeyError(f"no mask for {key}")
+        mask = masks[key].to(device=module.weight.device, dtype=torch.bool)
+        if mask.shape != module.weight.shape:
+            raise ValueError(f"mask {key} has shape {tuple(mask.shape)}, weight {tuple(module.weight.shape)}")
+        if hasattr(module, MASK):
+            getattr(module, MASK).copy_(mask)
+        else:
+            module.register_buffer(MASK, mask.clone(), persistent=False)
+    apply_masks(modules)
+
+
+def sparsity_report(masks: dict[str, torch.Tensor]) -> dict:
+    """Overall and per-tensor sparsity (fraction of zeros) of a set of masks."""
+    per = {k: 1.0 - m.float().mean().item() for k, m in masks.items()}
+    total = sum(m.numel() for m in masks.values())
+    zeros = sum(int((~m.bool()).sum()) for m in masks.values())
+    return {"overall": zeros / total if total else 0.0, "zeros": zeros, "total": total, "per_tensor": per}
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.to(torch.uint8).contiguous().cpu() for k, v in masks.items()}, str(path))
+
+
+def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v.bool() for k, v in load_file(str(path)).items()}
+
+
+def check_exact(masks: dict[str, torch.Tensor], target: float, scope: str) -> None:
+    """Raise if the masks do not hold exactly the target sparsity for the scope."""
+    if scope == "layer":
+        for k, m in masks.items():
+            want = round(target * m.numel())
+            got = int((~m.bool()).sum())
+            if got != want:
+                raise AssertionError(f"{k}: {got} zeros, expected {want} ({target:.4f} per layer)")
+    else:
+        total = sum(m.numel() for m in masks.values())
+        want = round(target * total)
+        got = sum(int((~m.bool()).sum()) for m in masks.values())
+        if got != want:
+            raise AssertionError(f"global: {got} zeros of {total}, expected {want} ({target:.4f})")
+
+
+@torch.no_grad()
+def masks_from_scores(
+    scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], sparsity: float, scope: str
+) -> dict[str, torch.Tensor]:
+    """Keep the highest-scoring weights: exactly round(sparsity * n) zeros, globally or per tensor.
+
+    Already-pruned weights rank first for removal, so masks only ever lose ones while the
+    sparsity rises (a pruned weight never comes back).
+    """
+
+    def ranked(name: str) -> torch.Tensor:
+        s = scores[name].detach().float().flatten().clone()
+        s[~current[name].flatten().to(s.device)] = -1.0  # scores are >= 0
+        return s
+
+    out = {}
+    if scope == "layer":
+        for name in scores:
+            s = ranked(name)
+            mask = torch.ones_like(s, dtype=torch.bool)
+            mask[torch.argsort(s)[: round(sparsity * s.numel())]] = False
+            out[name] = mask.view_as(scores[name])
+        return out
+    flat = torch.cat([ranked(n).cpu() for n in scores])
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    mask[torch.argsort(flat)[: round(sparsity * flat.numel())]] = False
+    offset = 0
+    for name, s in scores.items():
+        out[name] = mask[offset : offset + s.numel()].view_as(s).to(s.device)
+        offset += s.numel()
+    return out

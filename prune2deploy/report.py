@@ -1,0 +1,68 @@
+"""report.json from the stage records, and the rich summary table printed at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .files import read_json
+
+
+def build_report(recipe, run_dir: Path) -> dict:
+    def rec(stage):
+        path = run_dir / stage / "stage.json"
+        return read_json(path)["result"] if path.is_file() else {}
+
+    teacher, prune, validate, export, bench = (rec(s) for s in ("teacher", "prune", "validate", "export", "bench"))
+    return {
+        "task": recipe.task,
+        "model": recipe.model,
+        "method": recipe.prune.method,
+        "target_sparsity": recipe.prune.target_sparsity,
+        "profile": recipe.profile,
+        "seed": recipe.seed,
+        "metric": validate.get("metric"),
+        "metrics": {"dense": validate.get("dense", {}), "sparse": validate.get("sparse", {})},
+        "retained": validate.get("retained"),
+        "data": {"train": prune.get("data") or teacher.get("data"), "eval": validate.get("data")},
+        "sparsity": {"encoder": prune.get("sparsity", {}).get("encoder"), "scope": prune.get("scope"), "per_layer": prune.get("sparsity", {}).get("per_layer", {})},
+        "schedule": {k: prune.get(k) for k in ("epochs", "epoch_scale", "total_steps", "prune_steps")},
+        "onnx": {k: export.get(k) for k in ("path", "dense_path", "opset", "encoder_sparsity", "max_abs_diff", "atol")},
+        "bench": bench.get("rows", []),
+        "bench_threads": bench.get("threads"),
+        "bench_load": bench.get("load"),
+        "teacher": {"model_dir": teacher.get("model_dir"), "cached": teacher.get("cached"), "trained": teacher.get("trained")},
+    }
+
+
+def summary_table(report: dict) -> Table:
+    metric = report.get("metric") or "metric"
+    t = Table(title=f"{report['task']} · {report['method']} · target {report['target_sparsity']:g} · {report['profile']}")
+    t.add_column("")
+    t.add_column("dense", justify="right")
+    t.add_column("sparse", justify="right")
+    t.add_column("ratio", justify="right")
+    d = report["metrics"]["dense"].get(metric)
+    s = report["metrics"]["sparse"].get(metric)
+    if d is not None and s is not None:
+        t.add_row(metric, f"{d:.2f}", f"{s:.2f}", f"{s / d:.1%}" if d else "-")
+    if "exact_match" in report["metrics"]["dense"]:
+        t.add_row("exact_match", f"{report['metrics']['dense']['exact_match']:.2f}", f"{report['metrics']['sparse']['exact_match']:.2f}", "")
+    enc = report["sparsity"].get("encoder")
+    onnx_s = report["onnx"].get("encoder_sparsity")
+    if enc is not None:
+        t.add_row("encoder sparsity (torch / onnx)", "0", f"{enc:.4f} / {onnx_s:.4f}" if onnx_s is not None else f"{enc:.4f}", "")
+    rows = report.get("bench") or []
+    for r in rows:
+        if r["model"] != "sparse":
+            continue
+        dense = next((x for x in rows if x["model"] == "dense" and x["runtime"] == r["runtime"] and x["batch_size"] == r["batch_size"] and x["seq_len"] == r["seq_len"]), None)
+        if dense:
+            t.add_row(f"p50 ms {r['runtime']} b{r['batch_size']} s{r['seq_len']}", f"{dense['p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{dense['p50_ms'] / r['p50_ms']:.2f}x")
+    return t
+
+
+def print_summary(report: dict) -> None:
+    Console().print(summary_table(report))

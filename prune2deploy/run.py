@@ -1,0 +1,165 @@
+"""The stage runner: a run directory, one folder and one `stage.json` record per stage.
+
+A stage's key hashes the recipe fields it reads and its upstream records' output hashes; a
+stage whose key is unchanged and whose outputs still hash as recorded is skipped. A stage
+writes into a temp folder that is renamed into place only when it finished, so a run dir
+never holds half a stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+from .files import hash_dir, read_json, replace_dir, sha256_json, write_json_atomic
+from .progress import log
+from .recipe import Recipe
+
+STAGES = ("teacher", "prune", "validate", "export", "bench")
+DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "bench": ("export",)}
+# Which recipe fields each stage reads (its cache key), besides its upstream outputs.
+READS = {
+    "teacher": ("task", "model", "seed", "precision", "data", "teacher"),
+    "prune": ("task", "model", "seed", "precision", "data", "prune"),
+    "validate": ("task", "data"),
+    "export": ("task", "export"),
+    "bench": ("task", "data", "bench", "threads"),
+}
+
+
+def default_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{recipe.task}-{recipe.prune.method}-{recipe.prune.target_sparsity:g}"
+
+
+def versions() -> dict[str, str]:
+    out = {"prune2deploy": __version__, "python": platform.python_version()}
+    for mod in ("torch", "transformers", "optimum", "onnx", "onnxruntime", "datasets", "numpy"):
+        try:
+            out[mod] = importlib.import_module(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is simply not listed
+            pass
+    return out
+
+
+def stage_key(stage: str, recipe: Recipe, upstream: dict[str, dict]) -> str:
+    d = recipe.to_dict()
+    return sha256_json({"stage": stage, "reads": {k: d[k] for k in READS[stage]}, "upstream": {k: v["output_hash"] for k, v in upstream.items()}, "p2d": __version__})
+
+
+def read_record(run_dir: Path, stage: str) -> dict | None:
+    path = run_dir / stage / "stage.json"
+    if not path.is_file():
+        return None
+    try:
+        rec = read_json(path)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) and rec.get("status") == "done" else None
+
+
+def record_is_valid(run_dir: Path, rec: dict) -> bool:
+    """The outputs (and external files, e.g. a cached teacher) still hash as recorded."""
+    stage_dir = run_dir / rec["stage"]
+    current = {k: v for k, v in hash_dir(stage_dir).items() if k != "stage.json"}
+    if current != rec.get("outputs"):
+        return False
+    for path, hashes in (rec.get("external") or {}).items():
+        if not Path(path).is_dir() or hash_dir(path) != hashes:
+            return False
+    return True
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, force: bool = False) -> None:
+    """Create the run dir, or refuse one made for another config (unless `force`)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to run dir {run_dir}: {e.strerror}") from None
+    path = run_dir / "recipe.json"
+    if path.is_file() and not force:
+        try:
+            old = read_json(path)
+        except ValueError:
+            old = None
+        if old != recipe.to_dict():
+            diff = sorted(k for k in recipe.to_dict() if not isinstance(old, dict) or old.get(k) != recipe.to_dict()[k])
+            raise UserError(f"run dir {run_dir} holds a run of another config (differs in: {', '.join(diff) or 'format'}); use --out for a new dir or --force")
+    write_json_atomic(path, recipe.to_dict())
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    from .recipe import _build, validate
+
+    path = Path(run_dir) / "recipe.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run dir (no recipe.json); start one with `p2d run TASK`")
+    recipe = _build(Recipe, read_json(path), str(path))
+    validate(recipe)
+    return recipe
+
+
+def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) -> dict:
+    upstream = {}
+    for dep in DEPENDS[stage]:
+        rec = read_record(run_dir, dep)
+        if rec is None:
+            raise UserError(f"stage '{stage}' needs '{dep}' in {run_dir}: run `p2d {dep} {run_dir}` first")
+        upstream[dep] = rec
+    key = stage_key(stage, recipe, upstream)
+    existing = read_record(run_dir, stage)
+    if existing and not force and existing.get("key") == key and record_is_valid(run_dir, existing):
+        log(f"[dim]{stage}: up to date, skipped[/dim]")
+        return existing
+    module = importlib.import_module(f".stages.{stage}", __package__)
+    tmp = run_dir / f".{stage}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    log(f"[bold]{stage}[/bold]")
+    started = time.time()
+    try:
+        result = module.run(recipe, tmp, upstream, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    external = result.pop("_external", None)
+    outputs = hash_dir(tmp)
+    record = {
+        "stage": stage,
+        "status": "done",
+        "key": key,
+        "reads": {k: recipe.to_dict()[k] for k in READS[stage]},
+        "upstream": {k: v["output_hash"] for k, v in upstream.items()},
+        "outputs": outputs,
+        "external": external,
+        "output_hash": sha256_json({"outputs": outputs, "external": external}),
+        "result": result,
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2),
+        "versions": versions(),
+    }
+    write_json_atomic(tmp / "stage.json", record)
+    replace_dir(tmp, run_dir / stage)
+    return record
+
+
+def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
+    from .report import build_report, print_summary
+
+    prepare_run_dir(recipe, run_dir, force=force)
+    records = {}
+    for stage in stages:
+        records[stage] = run_stage(stage, recipe, run_dir)
+    report = build_report(recipe, run_dir)
+    write_json_atomic(run_dir / "report.json", report)
+    print_summary(report)
+    return report

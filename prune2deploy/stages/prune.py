@@ -1,0 +1,86 @@
+"""Stage 2: prune the encoder's Linear weights during fine-tuning, with KD from the teacher.
+
+Schedule (cubic, large first step, LR rewinds) from `pruning.schedule`; the method's
+`prune_step` raises the masks at each pruning event; masks are re-applied after every
+optimizer step and checked exact at the end.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from ..errors import VerificationError
+from ..files import write_json_atomic
+from ..models import load_model, load_tokenizer
+from ..pruning import masks as M
+from ..pruning.registry import get_method
+from ..pruning.schedule import make_plan
+from ..training import FitConfig, fit
+from .common import setup, train_data
+
+
+def layer_sparsity(masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: round(1.0 - m.float().mean().item(), 6) for k, m in masks.items()}
+
+
+def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+    task, base_model = setup(recipe)
+    p = recipe.prune
+    teacher_dir = upstream["teacher"]["result"]["model_dir"]
+    tokenizer = load_tokenizer(teacher_dir)
+    teacher = load_model(teacher_dir, task.auto_class, task.num_labels)
+    student = load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class, task.num_labels)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+
+    features, _, data_info = train_data(recipe, task, tokenizer)
+    modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
+    M.attach_masks(modules)
+    scale = recipe.epoch_scale()
+    steps_per_epoch = max(1, len(features) // p.batch_size)
+    plan = make_plan(p, scale, steps_per_epoch)
+    method = get_method(p.method)
+    ctx = {"features": features, "tokenizer": tokenizer, "teacher": teacher, "recipe": recipe, "model": student}
+    prune_fn = partial(_prune, method=method, scope=p.scope, ctx=ctx)
+    cfg = FitConfig(
+        total_steps=plan.total_steps, batch_size=p.batch_size, lr_at=plan.lr_at, weight_decay=p.weight_decay,
+        precision=recipe.precision, seed=recipe.seed, kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness,
+        prune_events=dict(plan.prune_steps), description=f"prune {p.method} → {p.target_sparsity:g}",
+    )
+    train_log = fit(student, features, tokenizer, cfg, teacher=teacher if p.kd_hardness > 0 else None, modules=modules, prune_fn=prune_fn)
+
+    masks = M.get_masks(modules)
+    try:
+        M.check_exact(masks, p.target_sparsity, p.scope)
+    except AssertionError as e:
+        raise VerificationError(f"prune: masks are not at the target sparsity: {e}") from None
+    for name, module in modules.items():
+        if bool((module.weight[~getattr(module, M.MASK)] != 0).any()):
+            raise VerificationError(f"prune: {name} has non-zero weights under its mask")
+
+    student.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+    M.save_masks(masks, out / "masks.safetensors")
+    write_json_atomic(out / "train_log.json", train_log)
+    report = M.sparsity_report(masks)
+    return {
+        "method": p.method,
+        "target_sparsity": p.target_sparsity,
+        "scope": p.scope,
+        "epoch_scale": round(scale, 4),
+        "epochs": round(p.epochs * scale, 4),
+        "total_steps": plan.total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "prune_steps": [list(e) for e in plan.prune_steps],
+        "data": data_info,
+        "sparsity": {"encoder": report["overall"], "zeros": report["zeros"], "total": report["total"], "per_layer": layer_sparsity(masks)},
+        "model_dir": "prune/model",
+        "masks": "prune/masks.safetensors",
+    }
+
+
+def _prune(modules, sparsity, *, method, scope, ctx):
+    method(modules, sparsity, scope, ctx)

@@ -1,0 +1,73 @@
+"""Stage 1: the dense teacher, fine-tuned on the task (or given with --teacher PATH).
+
+It is the baseline and the KD teacher. A trained teacher is cached by the hash of what it
+was built from (task, model, data, teacher config, seed) under `<runs>/_teachers/`, so every
+sparsity and method of the same task/model/profile reuses it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..files import hash_dir, read_json, sha256_json, write_json_atomic
+from ..models import load_config, load_model, load_tokenizer, resolve_model
+from ..progress import log
+from ..training import FitConfig, fit
+from .common import setup, train_data
+
+
+def cache_dir(run_dir: Path, recipe) -> Path:
+    d = recipe.to_dict()
+    key = sha256_json({k: d[k] for k in ("task", "model", "seed", "precision", "data", "teacher")})
+    return run_dir.resolve().parent / "_teachers" / f"{recipe.task}-{key[:16]}"
+
+
+def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+    task, base_model = setup(recipe)
+    t = recipe.teacher
+    if t.path:
+        model_dir = resolve_model(t.path)
+        load_config(model_dir)
+        load_model(model_dir, task.auto_class, task.num_labels)  # fails early on a bad dir
+        write_json_atomic(out / "teacher.json", {"model_dir": model_dir, "trained": False})
+        return {"model_dir": model_dir, "trained": False, "_external": {model_dir: hash_dir(model_dir)}}
+
+    cache = cache_dir(run_dir, recipe)
+    meta = cache / "teacher.json"
+    if meta.is_file():
+        info = read_json(meta)
+        if hash_dir(cache / "model") == info.get("files"):
+            log(f"[dim]teacher: reusing cached {cache}[/dim]")
+            write_json_atomic(out / "teacher.json", info)
+            return {**info["result"], "model_dir": str(cache / "model"), "cached": True, "_external": {str(cache / "model"): info["files"]}}
+        shutil.rmtree(cache)
+
+    tokenizer = load_tokenizer(base_model)
+    model = load_model(base_model, task.auto_class, task.num_labels)
+    features, _, data_info = train_data(recipe, task, tokenizer)
+    steps_per_epoch = max(1, len(features) // t.batch_size)
+    total = max(1, round(t.epochs * steps_per_epoch))
+    warm = round(t.warmup_ratio * total)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return t.lr * (step + 1) / warm
+        return t.lr + (t.lr_min - t.lr) * (step - warm) / max(1, total - warm)
+
+    cfg = FitConfig(total_steps=total, batch_size=t.batch_size, lr_at=lr_at, weight_decay=t.weight_decay, precision=recipe.precision, seed=recipe.seed, description="teacher")
+    train_log = fit(model, features, tokenizer, cfg)
+    tmp = cache.with_name(cache.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "model")
+    result = {"base_model": base_model, "trained": True, "steps": total, "steps_per_epoch": steps_per_epoch, "data": data_info, "final_loss": train_log["losses"][-1]["loss"] if train_log["losses"] else None}
+    info = {"model_dir": str(cache / "model"), "result": result, "files": hash_dir(tmp / "model")}
+    write_json_atomic(tmp / "teacher.json", info)
+    write_json_atomic(tmp / "train_log.json", train_log)
+    if cache.exists():
+        shutil.rmtree(cache)
+    tmp.rename(cache)
+    write_json_atomic(out / "teacher.json", info)
+    return {**result, "model_dir": str(cache / "model"), "cached": False, "_external": {str(cache / "model"): info["files"]}}

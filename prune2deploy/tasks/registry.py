@@ -1,0 +1,48 @@
+"""Tasks registered by name. A new task is one file defining a `Task` and one line here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    source: str  # where the data comes from, for `p2d tasks` and the report
+    auto_class: str  # transformers AutoModel class
+    export_task: str  # optimum's task name
+    metric: str  # the primary metric key
+    output_names: tuple[str, ...]
+    num_labels: int | None
+    # load(recipe) -> (train examples, eval examples, info dict), each a datasets.Dataset
+    load: Callable[[Any], tuple[Any, Any, dict]]
+    # train_features(tokenizer, examples, data_cfg) -> datasets.Dataset of model inputs + labels
+    train_features: Callable[..., Any]
+    # evaluate(model, tokenizer, examples, data_cfg, batch_size, progress) -> (metrics, predictions)
+    evaluate: Callable[..., tuple[dict, Any]]
+    # sample_texts(examples, n) -> a list of (text, text_pair|None) for parity checks and bench
+    sample_inputs: Callable[..., list[tuple[str, str | None]]]
+
+
+def _tasks() -> dict[str, Task]:
+    from . import classification, squad
+
+    return {
+        "squad": squad.TASK,
+        "rotten_tomatoes": classification.ROTTEN_TOMATOES,
+        "imdb": classification.IMDB,
+    }
+
+
+def task_names() -> list[str]:
+    return list(_tasks())
+
+
+def get_task(name: str) -> Task:
+    tasks = _tasks()
+    if name not in tasks:
+        raise UserError(f"unknown task '{name}' (known: {', '.join(tasks)})")
+    return tasks[name]

@@ -1,0 +1,55 @@
+import os
+import shutil
+
+import pytest
+import torch
+
+os.environ.setdefault("P2D_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def tiny_config(**kw):
+    from transformers import BertConfig
+
+    args = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    args.update(kw)
+    return BertConfig(**args)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer BERT (hidden 32) with the real MiniLM tokenizer, saved as an HF dir."""
+    from transformers import AutoTokenizer, BertModel
+
+    from prune2deploy.models import resolve_model
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(tiny_config()).save_pretrained(d, safe_serialization=True)
+    AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def tiny_qa():
+    from transformers import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    return BertForQuestionAnswering(tiny_config()).eval()
+
+
+@pytest.fixture
+def tiny_cls():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_config(num_labels=2)).eval()
+
+
+@pytest.fixture
+def clean_dir(tmp_path):
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""The CLI end to end (real subprocesses): bad input and the smoke pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def p2d(*args, cwd=None, timeout=600):
+    env = dict(os.environ, P2D_QUIET="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "prune2deploy.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def assert_user_error(res, *needles):
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["run", "squad", "--sparsity", "1.5", "--profile", "smoke"], ["[0, 1)"]),
+    (["run", "squad", "--sparsity", "-0.2", "--profile", "smoke"], ["[0, 1)"]),
+    (["run", "squad", "--sparsity", "lots", "--profile", "smoke"], ["expected a number"]),
+    (["run", "nosuchtask", "--sparsity", "0.5"], ["unknown task 'nosuchtask'"]),
+    (["run", "squad", "--method", "random", "--profile", "smoke"], ["unknown method 'random'"]),
+    (["run", "squad", "--profile", "giant"], ["unknown profile 'giant'"]),
+    (["run", "squad", "--set", "prune.nope=1", "--profile", "smoke"], ["unknown key 'nope'"]),
+])
+def test_bad_flags(args, needles, tmp_path):
+    res = p2d(*args, "--out", tmp_path / "run")
+    assert_user_error(res, *needles)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_missing_model_path(tmp_path):
+    res = p2d("run", "squad", "--profile", "smoke", "--model", tmp_path / "nope", "--out", tmp_path / "run")
+    assert_user_error(res, "does not exist")
+    assert not any((tmp_path / "run").glob("*/stage.json"))
+
+
+def test_not_a_model(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    res = p2d("run", "squad", "--profile", "smoke", "--model", d, "--out", tmp_path / "run")
+    assert_user_error(res, "not a model directory")
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    res = p2d("run", "squad", "--profile", "smoke", "--model", d, "--out", tmp_path / "run2")
+    assert_user_error(res, "not a BERT-family")
+
+
+def test_missing_data_files(tmp_path):
+    res = p2d("run", "squad", "--profile", "smoke", "--data-dir", tmp_path, "--out", tmp_path / "run")
+    assert_user_error(res, "SQuAD file not found", "train-v1.1.json")
+    assert not any((tmp_path / "run").glob("*/stage.json"))
+    assert not any((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_csv_missing_columns(tmp_path):
+    (tmp_path / "rotten_tomatoes.csv").write_text("review,stars\nnice,1\n")
+    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--data-dir", tmp_path, "--out", tmp_path / "run")
+    assert_user_error(res, "missing column")
+
+
+def test_lists():
+    res = p2d("tasks")
+    assert res.returncode == 0 and "squad" in res.stdout and "rotten_tomatoes" in res.stdout
+    res = p2d("methods")
+    assert res.returncode == 0 and "gmp" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`p2d run squad --sparsity 0.8 --profile smoke` on the embedded MiniLM, packaged SQuAD."""
+    out = tmp_path_factory.mktemp("runs") / "squad-gmp-0.8"
+    res = p2d("run", "squad", "--sparsity", "0.8", "--profile", "smoke", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_smoke_writes_report_and_onnx(smoke_run):
+    out, res = smoke_run
+    report = json.loads((out / "report.json").read_text())
+    for key in ("task", "model", "method", "target_sparsity", "profile", "metrics", "sparsity", "onnx", "bench"):
+        assert key in report
+    assert report["task"] == "squad" and report["method"] == "gmp" and report["target_sparsity"] == 0.8
+    assert {"f1", "exact_match"} <= set(report["metrics"]["dense"]) and {"f1", "exact_match"} <= set(report["metrics"]["sparse"])
+    assert report["sparsity"]["encoder"] == pytest.approx(0.8, abs=1e-6)
+    assert len(report["sparsity"]["per_layer"]) == 36
+    assert report["onnx"]["path"] == "export/model.onnx"
+    assert report["onnx"]["encoder_sparsity"] == pytest.approx(0.8, abs=1e-6)
+    assert report["onnx"]["max_abs_diff"] <= 1e-3
+    rows = report["bench"]
+    assert {r["model"] for r in rows} == {"dense", "sparse"}
+    for r in rows:
+        assert {"runtime", "model", "batch_size", "seq_len", "p50_ms", "p90_ms", "throughput"} <= set(r)
+        assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"]
+    for f in ("model.onnx", "dense.onnx", "tokenizer.json", "config.json"):
+        assert (out / "export" / f).is_file()
+    preds = json.loads((out / "validate" / "predictions.json").read_text())
+    assert len(preds) == report["metrics"]["sparse"]["eval_questions"] and all(isinstance(v, str) for v in preds.values())
+    for stage in ("teacher", "prune", "validate", "export", "bench"):
+        rec = json.loads((out / stage / "stage.json").read_text())
+        assert rec["status"] == "done" and rec["key"] and "versions" in rec and rec["seconds"] >= 0
+    # embeddings and head stayed dense in the shipped ONNX
+    from prune2deploy.onnx_sparsity import zeros_per_initializer
+
+    z = zeros_per_initializer(out / "export" / "model.onnx")
+    assert z["bert.embeddings.word_embeddings.weight"] < 0.01
+
+
+def test_rerun_skips_up_to_date_stages_and_redoes_tampered(smoke_run):
+    out, _ = smoke_run
+    before = {s: json.loads((out / s / "stage.json").read_text())["started_at"] for s in ("prune", "validate", "bench")}
+    preds = out / "validate" / "predictions.json"
+    preds.write_text(preds.read_text().replace('"', "'", 2))  # tamper with an output
+    res = p2d("run", "squad", "--sparsity", "0.8", "--profile", "smoke", "--out", out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    after = {s: json.loads((out / s / "stage.json").read_text())["started_at"] for s in ("prune", "validate", "bench")}
+    assert after["prune"] == before["prune"]  # unchanged: skipped
+    json.loads(preds.read_text())  # validate was redone: valid JSON again
+
+
+def test_run_dir_of_another_config_is_refused(smoke_run):
+    out, _ = smoke_run
+    res = p2d("run", "squad", "--sparsity", "0.5", "--profile", "smoke", "--out", out)
+    assert_user_error(res, "another config", "--force")
+
+
+def test_single_stage_command(smoke_run):
+    out, _ = smoke_run
+    res = p2d("bench", out, "--force")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = p2d("export", out.parent / "nope")
+    assert_user_error(res, "not a run dir")

@@ -1,0 +1,103 @@
+import torch
+
+from prune2deploy.pruning import gmp
+from prune2deploy.pruning import masks as M
+from prune2deploy.training import FitConfig, fit
+
+
+def test_prunable_is_encoder_linears_only(tiny_qa):
+    mods = M.prunable_modules(tiny_qa)
+    assert len(mods) == 2 * 6  # Q, K, V, attn out, FFN in, FFN out per layer
+    assert all(".encoder.layer." in n for n in mods)
+    assert not any("embeddings" in n or "qa_outputs" in n or "pooler" in n for n in mods)
+    with_all = M.prunable_modules(tiny_qa, include_embeddings=True, include_head=True)
+    assert any("word_embeddings" in n for n in with_all)
+    assert "qa_outputs" in with_all
+
+
+def test_gmp_global_exact_and_smallest_magnitudes_go(tiny_qa):
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    before = torch.cat([m.weight.detach().abs().flatten() for m in mods.values()])
+    gmp.prune_step(mods, 0.6, "global")
+    masks = M.get_masks(mods)
+    M.check_exact(masks, 0.6, "global")
+    flat_mask = torch.cat([m.flatten() for m in masks.values()])
+    assert before[~flat_mask].max() <= before[flat_mask].min()  # global magnitude ranking
+    for name, mod in mods.items():
+        assert torch.all(mod.weight[~mod.weight_mask] == 0)
+
+
+def test_per_layer_scope_is_uniform(tiny_qa):
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    gmp.prune_step(mods, 0.75, "layer")
+    masks = M.get_masks(mods)
+    M.check_exact(masks, 0.75, "layer")
+    for m in masks.values():
+        assert abs((1 - m.float().mean().item()) - 0.75) < 1.0 / m.numel() + 1e-9
+
+
+def test_masks_monotone_across_steps(tiny_qa):
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    gmp.prune_step(mods, 0.5, "global")
+    first = {k: v.clone() for k, v in M.get_masks(mods).items()}
+    with torch.no_grad():  # disturb magnitudes: pruned weights must not come back
+        for m in mods.values():
+            m.weight.add_(torch.randn_like(m.weight))
+    gmp.prune_step(mods, 0.7, "global")
+    for k, v in M.get_masks(mods).items():
+        assert not torch.any(v & ~first[k])
+
+
+def test_check_exact_fails_on_wrong_count(tiny_qa):
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    gmp.prune_step(mods, 0.5, "global")
+    masks = M.get_masks(mods)
+    k = next(iter(masks))
+    masks[k] = masks[k].clone()
+    masks[k].view(-1)[torch.nonzero(masks[k].view(-1))[0]] = False
+    try:
+        M.check_exact(masks, 0.5, "global")
+    except AssertionError:
+        return
+    raise AssertionError("check_exact accepted a wrong mask")
+
+
+def _features(n=24, length=16):
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (n, length), generator=g)
+    return Dataset.from_list([{"input_ids": r.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "start_positions": 3, "end_positions": 5} for r in ids])
+
+
+def test_sparsity_exact_after_training_and_embeddings_head_untouched(tiny_qa, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    emb_before = tiny_qa.bert.embeddings.word_embeddings.weight.detach().clone()
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    cfg = FitConfig(total_steps=6, batch_size=8, lr_at=lambda s: 1e-3, precision="fp32", prune_events={0: 0.5, 3: 0.8})
+    log = fit(tiny_qa, _features(), tok, cfg, modules=mods, prune_fn=lambda m, s: gmp.prune_step(m, s, "global"))
+    assert [e["sparsity"] for e in log["prune_events"]] == [0.5, 0.8]
+    masks = M.get_masks(mods)
+    M.check_exact(masks, 0.8, "global")
+    for mod in mods.values():  # training steps did not revive pruned weights
+        assert torch.all(mod.weight[~mod.weight_mask] == 0)
+    assert (tiny_qa.bert.embeddings.word_embeddings.weight == 0).float().mean() < 0.01
+    assert (tiny_qa.qa_outputs.weight == 0).float().mean() < 0.01
+    assert not torch.equal(emb_before, tiny_qa.bert.embeddings.word_embeddings.weight)  # it trained, densely
+
+
+def test_masks_roundtrip_safetensors(tiny_qa, tmp_path):
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    gmp.prune_step(mods, 0.9, "global")
+    M.save_masks(M.get_masks(mods), tmp_path / "m.safetensors")
+    loaded = M.load_masks(tmp_path / "m.safetensors")
+    for k, v in M.get_masks(mods).items():
+        assert torch.equal(loaded[k], v)

@@ -1,0 +1,60 @@
+import math
+
+import pytest
+
+from prune2deploy.pruning.schedule import cubic, make_plan
+from prune2deploy.recipe import PruneConfig, Recipe
+
+
+def test_cubic_endpoints_and_shape():
+    assert cubic(2, 2, 26, 0.7, 0.9) == pytest.approx(0.7)
+    assert cubic(26, 2, 26, 0.7, 0.9) == pytest.approx(0.9)
+    mid = cubic(14, 2, 26, 0.7, 0.9)
+    assert mid == pytest.approx(0.9 - 0.2 * 0.5**3)
+    assert 0.7 < mid < 0.9
+    # cubic prunes fast early, slowly late
+    assert cubic(6, 2, 26, 0.7, 0.9) - 0.7 > 0.9 - cubic(22, 2, 26, 0.7, 0.9)
+
+
+def test_paper_recipe_events():
+    p = PruneConfig(target_sparsity=0.9, epochs=30, reference_sparsity=0.9, init_sparsity=0.7, prune_start=2, prune_end=26, prune_freq=4)
+    plan = make_plan(p, 1.0, steps_per_epoch=100)
+    assert plan.total_steps == 3000
+    assert [s for s, _ in plan.prune_steps] == [200, 600, 1000, 1400, 1800, 2200, 2600]
+    sp = [v for _, v in plan.prune_steps]
+    assert sp[0] == pytest.approx(0.7) and sp[-1] == 0.9
+    assert all(a <= b for a, b in zip(sp, sp[1:]))
+
+
+def test_lr_rewinds_at_each_pruning_step():
+    p = PruneConfig(target_sparsity=0.9, epochs=30, init_sparsity=0.7, prune_start=2, prune_end=26, prune_freq=4, lr=8e-5, lr_min=8e-6)
+    plan = make_plan(p, 1.0, steps_per_epoch=100)
+    assert plan.lr_at(0) == pytest.approx(8e-5)
+    assert plan.lr_at(199) == pytest.approx(8e-6, rel=0.05)
+    for step, _ in plan.prune_steps:
+        assert plan.lr_at(step) == pytest.approx(8e-5)
+        assert plan.lr_at(step - 1) < 2e-5
+    no_rewind = make_plan(PruneConfig(**{**p.__dict__, "lr_rewind": False}), 1.0, 100)
+    assert no_rewind.lr_at(600) < no_rewind.lr_at(200)
+
+
+def test_schedule_scales_with_target_sparsity():
+    r80 = Recipe(task="squad", prune=PruneConfig(target_sparsity=0.8, reference_sparsity=0.9))
+    r90 = Recipe(task="squad", prune=PruneConfig(target_sparsity=0.9, reference_sparsity=0.9))
+    r97 = Recipe(task="squad", prune=PruneConfig(target_sparsity=0.97, reference_sparsity=0.9))
+    assert r90.epoch_scale() == pytest.approx(1.0)
+    assert r80.epoch_scale() == pytest.approx(math.log(0.2) / math.log(0.1))
+    assert r97.epoch_scale() > 1.4
+    plans = [make_plan(r.prune, r.epoch_scale(), 100) for r in (r80, r90, r97)]
+    assert plans[0].total_steps < plans[1].total_steps < plans[2].total_steps
+    assert plans[0].prune_steps[-1][0] < plans[1].prune_steps[-1][0] < plans[2].prune_steps[-1][0]
+    fixed = Recipe(task="squad", prune=PruneConfig(target_sparsity=0.97, scale_with_sparsity=False))
+    assert fixed.epoch_scale() == 1.0
+
+
+def test_first_step_clamped_to_target_and_zero_target_has_no_events():
+    p = PruneConfig(target_sparsity=0.5, init_sparsity=0.7, epochs=4, prune_start=1, prune_end=3, prune_freq=1)
+    plan = make_plan(p, 1.0, 10)
+    assert all(s == 0.5 for _, s in plan.prune_steps)
+    plan0 = make_plan(PruneConfig(target_sparsity=0.0, epochs=2, prune_start=0, prune_end=1, prune_freq=1), 1.0, 10)
+    assert plan0.prune_steps == ()
