@@ -112,6 +112,64 @@ for _stage in ("teacher", "prune", "validate", "export", "bench"):
 
 
 @app.command()
+def gate(
+    run_dir: Path = typer.Argument(..., help="A finished run dir (report.json)."),
+    baseline: Path = typer.Option(..., "--baseline", "-b", help="gates.yaml: bounds per task/model/sparsity."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the checks as JSON here."),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="Write this run's values (loosened by --margin) into the baseline."),
+    margin: float = typer.Option(0.1, "--margin", help="Fraction by which --update-baseline loosens the current values."),
+) -> None:
+    """CI gate: exit 0 when every check passes, 1 when one fails, 2 on bad input."""
+    failed = {"n": 0}
+
+    def go():
+        from .ship import gate_cli
+
+        failed["n"] = gate_cli.run(run_dir, baseline, junit, json_out, update_baseline, margin)
+
+    _guard(go)
+    if failed["n"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def package(
+    run_dir: Path = typer.Argument(..., help="A finished run dir."),
+    out: Path = typer.Option(..., "--out", "-o", help="Artifact dir to create (must not exist or be empty)."),
+    fmt: str = typer.Option("plain", "--format", help="plain | triton"),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default <task>-<method>-<sparsity%>)."),
+) -> None:
+    """Package a run's sparse ONNX with tokenizer, manifest and model card."""
+
+    def go():
+        from .ship.package import package as do_package
+
+        path = do_package(run_dir, out, fmt, name)
+        print(f"wrote {path}")
+
+    _guard(go)
+
+
+@app.command()
+def verify(artifact: Path = typer.Argument(..., help="An artifact dir made by `p2d package`.")) -> None:
+    """Re-check an artifact: hashes, ONNX checker, sparsity, reference outputs. Exit 1 on a mismatch."""
+    bad = {"msg": None}
+
+    def go():
+        from .ship.verify import verify_artifact
+
+        bad["msg"], passed = verify_artifact(artifact)
+        for line in passed:
+            print(f"ok   {line}")
+
+    _guard(go)
+    if bad["msg"]:
+        print(f"FAIL {bad['msg']}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
 def tasks() -> None:
     """List registered tasks and where their data comes from."""
     from .tasks.registry import get_task, task_names

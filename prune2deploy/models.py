@@ -34,11 +34,21 @@ def resolve_model(spec: str) -> str:
 
 
 def load_config(model: str):
+    import json
+
     from transformers import AutoConfig
 
+    local = Path(model) / "config.json"
+    if local.is_file():  # check the family before transformers tries to build anything
+        try:
+            model_type = json.loads(local.read_text()).get("model_type")
+        except (ValueError, AttributeError):
+            raise UserError(f"{local}: not valid JSON") from None
+        if model_type not in BERT_FAMILY:
+            raise UserError(f"model '{model}' is a {model_type or 'model of unknown type'}, not a BERT-family encoder ({', '.join(sorted(BERT_FAMILY))})")
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot load model config from '{model}': {msg}") from None
     if config.model_type not in BERT_FAMILY:

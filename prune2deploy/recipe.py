@@ -73,6 +73,7 @@ class PruneConfig:
     obert_num_grads: int = 1024
     obert_grad_batch_size: int = 8
     obert_damp: float = 1e-7
+    obert_chunk_mb: int = 4096  # inverse-Fisher memory per chunk of layers
 
 
 @dataclass(frozen=True)
@@ -284,8 +285,9 @@ def validate(r: Recipe) -> None:
         raise UserError(f"prune.kd_hardness must be in [0, 1], got {p.kd_hardness}")
     if p.kd_temperature <= 0:
         raise UserError(f"prune.kd_temperature must be > 0, got {p.kd_temperature}")
-    if p.obert_block_size <= 0 or p.obert_num_grads <= 0 or p.obert_damp <= 0 or p.obert_grad_batch_size <= 0:
-        raise UserError("prune.obert_block_size, obert_num_grads, obert_grad_batch_size and obert_damp must be > 0")
+    for key in ("obert_block_size", "obert_num_grads", "obert_grad_batch_size", "obert_damp", "obert_chunk_mb"):
+        if getattr(p, key) <= 0:
+            raise UserError(f"prune.{key} must be > 0, got {getattr(p, key)}")
     if r.precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"precision must be auto, bf16 or fp32, got '{r.precision}'")
     for name, v in (("teacher.batch_size", r.teacher.batch_size), ("prune.batch_size", p.batch_size),

@@ -9,6 +9,7 @@ never holds half a stage.
 from __future__ import annotations
 
 import importlib
+import json
 import platform
 import shutil
 import time
@@ -20,6 +21,7 @@ from .errors import UserError
 from .files import hash_dir, read_json, replace_dir, sha256_json, write_json_atomic
 from .progress import log
 from .recipe import Recipe
+from .stages.common import checkpoint_path
 
 STAGES = ("teacher", "prune", "validate", "export", "bench")
 DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "bench": ("export",)}
@@ -90,8 +92,9 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, force: bool = False) -> None:
             old = read_json(path)
         except ValueError:
             old = None
-        if old != recipe.to_dict():
-            diff = sorted(k for k in recipe.to_dict() if not isinstance(old, dict) or old.get(k) != recipe.to_dict()[k])
+        new = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, as read back
+        if old != new:
+            diff = sorted(k for k in new if not isinstance(old, dict) or old.get(k) != new[k])
             raise UserError(f"run dir {run_dir} holds a run of another config (differs in: {', '.join(diff) or 'format'}); use --out for a new dir or --force")
     write_json_atomic(path, recipe.to_dict())
 
@@ -127,7 +130,7 @@ def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) ->
     log(f"[bold]{stage}[/bold]")
     started = time.time()
     try:
-        result = module.run(recipe, tmp, upstream, run_dir)
+        result = module.run(recipe, tmp, upstream, run_dir, key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -149,12 +152,25 @@ def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) ->
     }
     write_json_atomic(tmp / "stage.json", record)
     replace_dir(tmp, run_dir / stage)
+    checkpoint_path(run_dir, stage).unlink(missing_ok=True)
     return record
+
+
+def preflight(recipe: Recipe) -> None:
+    """Fail on a bad model, teacher or data before anything is written."""
+    from .models import load_config, resolve_model
+    from .tasks.registry import get_task
+
+    load_config(resolve_model(recipe.model))
+    if recipe.teacher.path:
+        load_config(resolve_model(recipe.teacher.path))
+    get_task(recipe.task).load(recipe)
 
 
 def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
     from .report import build_report, print_summary
 
+    preflight(recipe)
     prepare_run_dir(recipe, run_dir, force=force)
     records = {}
     for stage in stages:

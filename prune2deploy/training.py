@@ -8,8 +8,11 @@ not stages.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -111,67 +114,152 @@ class FitConfig:
     kd_hardness: float = 1.0
     prune_events: dict[int, float] = field(default_factory=dict)  # step -> sparsity
     description: str = "train"
+    checkpoint: Path | None = None  # resume from / save to this file
+    checkpoint_every: int = 0  # optimizer steps; 0: never
+    checkpoint_tag: str = ""  # must match to resume (e.g. the stage key)
 
 
-def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None, on_step=None) -> dict:
+def batch_order(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Feature indices of optimizer step `step`: a seeded permutation per epoch, so any step
+    can be found again after a restart (no hidden loader state)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[k * batch_size : (k + 1) * batch_size].tolist()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temp file, then rename over the old checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, tag: str) -> dict | None:
+    if not path or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle objects
+    except Exception:  # noqa: BLE001 - a torn or foreign file is simply not resumed from
+        return None
+    return state if state.get("tag") == tag else None
+
+
+def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None) -> dict:
     """Train `model` for `cfg.total_steps` optimizer steps over `features`.
 
     With `teacher`, the loss is the KD loss; with `modules` (prunable, masks attached), the
     masks are raised at `cfg.prune_events` by `prune_fn(modules, sparsity)` and re-applied
-    after every optimizer step. Returns a small log (losses, pruning events).
+    after every optimizer step. With `cfg.checkpoint`, the state (model, optimizer, masks,
+    RNG, step, log) is saved atomically every `checkpoint_every` steps and a matching
+    checkpoint is resumed from. Returns a small log (losses, pruning events).
     """
     from .pruning import distill
     from .pruning import masks as M
 
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(features, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate(tokenizer), drop_last=len(features) > cfg.batch_size)
+    fn = collate(tokenizer)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_at(0))
     if teacher is not None:
         teacher.eval()
-    log = {"losses": [], "prune_events": []}
+    log = {"losses": [], "prune_events": [], "resumed_from": None}
     step = 0
     running = None
+    state = load_checkpoint(cfg.checkpoint, cfg.checkpoint_tag) if cfg.checkpoint else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if modules is not None:
+            M.set_masks(modules, state["masks"])
+        torch.set_rng_state(state["rng"])
+        step, running = state["step"], state["running"]
+        log = json.loads(state["log"])
+        log["resumed_from"] = step
     sparsity = M.sparsity_report(M.get_masks(modules))["overall"] if modules is not None else None
+
+    def checkpoint() -> None:
+        save_checkpoint(cfg.checkpoint, {
+            "tag": cfg.checkpoint_tag, "step": step, "running": running, "log": json.dumps(log),
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+            "masks": M.get_masks(modules) if modules is not None else {},
+        })
+
     with Bar(cfg.description, cfg.total_steps) as bar:
+        bar.advance(step)
         while step < cfg.total_steps:
-            for batch in loader:
-                if step >= cfg.total_steps:
-                    break
-                if modules is not None and step in cfg.prune_events:
-                    prune_fn(modules, cfg.prune_events[step])
-                    sparsity = M.sparsity_report(M.get_masks(modules))["overall"]
-                    log["prune_events"].append({"step": step, "sparsity": cfg.prune_events[step]})
-                model.train()
-                batch = {k: v.to(device) for k, v in batch.items()}
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr_at(step)
-                with autocast(cfg.precision, device.type):
+            if modules is not None and step in cfg.prune_events and not any(e["step"] == step for e in log["prune_events"]):
+                prune_fn(modules, cfg.prune_events[step])
+                sparsity = M.sparsity_report(M.get_masks(modules))["overall"]
+                log["prune_events"].append({"step": step, "sparsity": cfg.prune_events[step]})
+            model.train()
+            batch = fn([features[i] for i in batch_order(len(features), cfg.batch_size, cfg.seed, step)])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step)
+            with autocast(cfg.precision, device.type):
+                out = model(**batch)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = logits_of(teacher(**model_inputs(batch)))
+                    loss = distill.kd_loss(logits_of(out), t_logits, out.loss, cfg.kd_temperature, cfg.kd_hardness)
+                else:
+                    loss = out.loss
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if modules is not None:
+                M.apply_masks(modules)
+            step += 1
+            value = float(loss.detach())
+            running = value if running is None else 0.95 * running + 0.05 * value
+            if step % 10 == 0 or step == cfg.total_steps:
+                log["losses"].append({"step": step, "loss": round(running, 5)})
+            info = f"loss {running:.3f} lr {cfg.lr_at(step - 1):.1e}"
+            if sparsity is not None:
+                info += f" sparsity {sparsity:.3f}"
+            bar.advance(info=info)
+            if cfg.checkpoint and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
+                checkpoint()
+    return log
+
+
+def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_size: int, *, teacher=None, kd_temperature: float = 2.0, kd_hardness: float = 1.0, precision: str = "auto", seed: int = 0, description: str = "gradients"):
+    """Return `gradients(names)`: yields n dicts {name: grad of module.weight}, one per mini-batch.
+
+    The loss is the training loss (KD when a teacher is given). Dropout is off (eval mode) so
+    the same seed gives the same gradients; the model's mode is restored afterwards.
+    """
+    from .pruning import distill
+
+    device = next(model.parameters()).device
+
+    def gradients(names: list[str], salt: int = 0):
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator().manual_seed(seed * 100_003 + salt)
+        fn = collate(tokenizer)
+        with Bar(description, n) as bar:
+            for _ in range(n):
+                idx = torch.randint(0, len(features), (batch_size,), generator=gen).tolist()
+                batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
+                model.zero_grad(set_to_none=True)
+                with autocast(precision, device.type):
                     out = model(**batch)
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = logits_of(teacher(**model_inputs(batch)))
-                        loss = distill.kd_loss(logits_of(out), t_logits, out.loss, cfg.kd_temperature, cfg.kd_hardness)
+                        loss = distill.kd_loss(logits_of(out), t_logits, out.loss, kd_temperature, kd_hardness)
                     else:
                         loss = out.loss
                 loss.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if modules is not None:
-                    M.apply_masks(modules)
-                step += 1
-                value = float(loss.detach())
-                running = value if running is None else 0.95 * running + 0.05 * value
-                if step % 10 == 0 or step == cfg.total_steps:
-                    log["losses"].append({"step": step, "loss": round(running, 5)})
-                info = f"loss {running:.3f} lr {cfg.lr_at(step - 1):.1e}"
-                if sparsity is not None:
-                    info += f" sparsity {sparsity:.3f}"
-                bar.advance(info=info)
-                if on_step is not None:
-                    on_step(step)
-    return log
+                yield {name: modules[name].weight.grad.detach().float() for name in names}
+                bar.advance()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+    return gradients

@@ -140,3 +140,36 @@ def test_single_stage_command(smoke_run):
     assert res.returncode == 0, res.stderr[-2000:]
     res = p2d("export", out.parent / "nope")
     assert_user_error(res, "not a run dir")
+
+
+def test_kill_9_during_prune_then_resume_matches_uninterrupted(smoke_run):
+    """kill -9 mid-prune, run again: resumes from the checkpoint and ends with the same masks
+    and metrics as the uninterrupted run with the same seed (also: --seed is repeatable)."""
+    import signal
+    import time
+
+    ref, _ = smoke_run
+    out = ref.parent / "resumed"
+    args = ["run", "squad", "--sparsity", "0.8", "--profile", "smoke", "--out", out, "--set", "checkpoint_every=3"]
+    env = dict(os.environ, P2D_QUIET="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "prune2deploy.cli", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / ".checkpoints" / "prune.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert ckpt.exists(), "no prune checkpoint appeared"
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "prune" / "stage.json").exists()  # nothing half-written
+    res = p2d(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = json.loads((out / "prune" / "train_log.json").read_text())
+    assert log["resumed_from"] and log["resumed_from"] > 0
+    assert not ckpt.exists()  # removed once the stage finished
+    from prune2deploy.pruning.masks import load_masks
+
+    a, b = load_masks(ref / "prune" / "masks.safetensors"), load_masks(out / "prune" / "masks.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (ref, out))
+    assert ra["metrics"] == rb["metrics"]

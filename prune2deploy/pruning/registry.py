@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from . import gmp
+from . import gmp, obert
 
 METHODS = {
     "gmp": (gmp.prune_step, "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule"),
+    "obert": (obert.prune_step, "Optimal BERT Surgeon: block-diagonal empirical Fisher saliency + OBS weight update"),
 }
 
 

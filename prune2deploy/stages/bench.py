@@ -36,7 +36,7 @@ def bench_files(models: dict[str, Path], tokenizer, samples, bench_cfg, threads:
     return rows
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, _ = setup(recipe)
     _, dev, _ = task.load(recipe)
     export_dir = run_dir / "export"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..models import load_tokenizer, resolve_model
 from ..tasks.registry import get_task
 from ..training import seed_everything, set_threads
@@ -21,3 +23,8 @@ def train_data(recipe, task, tokenizer):
     features = task.train_features(tokenizer, train, recipe.data)
     info = dict(info, train_features=len(features))
     return features, dev, info
+
+
+def checkpoint_path(run_dir: Path, stage: str) -> Path:
+    """Where a long stage keeps its resumable state (outside the stage's temp dir)."""
+    return run_dir / ".checkpoints" / f"{stage}.pt"

@@ -54,7 +54,7 @@ def parity(model, onnx_path: Path, inputs: dict[str, np.ndarray], threads: int) 
     return max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, _ = setup(recipe)
     _, dev, _ = task.load(recipe)
     sparse_dir = run_dir / upstream["prune"]["result"]["model_dir"]

@@ -12,21 +12,21 @@ from pathlib import Path
 
 import torch
 
-from ..errors import VerificationError
+from ..errors import UserError, VerificationError
 from ..files import write_json_atomic
 from ..models import load_model, load_tokenizer
 from ..pruning import masks as M
 from ..pruning.registry import get_method
 from ..pruning.schedule import make_plan
-from ..training import FitConfig, fit
-from .common import setup, train_data
+from ..training import FitConfig, fit, gradient_stream
+from .common import checkpoint_path, setup, train_data
 
 
 def layer_sparsity(masks: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: round(1.0 - m.float().mean().item(), 6) for k, m in masks.items()}
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, base_model = setup(recipe)
     p = recipe.prune
     teacher_dir = upstream["teacher"]["result"]["model_dir"]
@@ -39,18 +39,28 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
     features, _, data_info = train_data(recipe, task, tokenizer)
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
     M.attach_masks(modules)
+    if p.method == "obert":
+        smallest = min(modules.items(), key=lambda kv: kv[1].weight.numel())
+        if p.obert_block_size > smallest[1].weight.numel():
+            raise UserError(f"prune.obert_block_size {p.obert_block_size} is larger than layer {smallest[0]} ({smallest[1].weight.numel()} weights)")
     scale = recipe.epoch_scale()
     steps_per_epoch = max(1, len(features) // p.batch_size)
     plan = make_plan(p, scale, steps_per_epoch)
     method = get_method(p.method)
-    ctx = {"features": features, "tokenizer": tokenizer, "teacher": teacher, "recipe": recipe, "model": student}
+    kd_teacher = teacher if p.kd_hardness > 0 else None
+    ctx = {
+        "obert": {"block_size": p.obert_block_size, "num_grads": p.obert_num_grads, "damp": p.obert_damp, "chunk_bytes": p.obert_chunk_mb << 20},
+        "gradients": gradient_stream(student, features, tokenizer, modules, p.obert_num_grads, p.obert_grad_batch_size, teacher=kd_teacher,
+                                     kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, precision=recipe.precision, seed=recipe.seed, description="oBERT gradients"),
+    }
     prune_fn = partial(_prune, method=method, scope=p.scope, ctx=ctx)
     cfg = FitConfig(
         total_steps=plan.total_steps, batch_size=p.batch_size, lr_at=plan.lr_at, weight_decay=p.weight_decay,
         precision=recipe.precision, seed=recipe.seed, kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness,
         prune_events=dict(plan.prune_steps), description=f"prune {p.method} → {p.target_sparsity:g}",
+        checkpoint=checkpoint_path(run_dir, "prune"), checkpoint_every=recipe.checkpoint_every, checkpoint_tag=key,
     )
-    train_log = fit(student, features, tokenizer, cfg, teacher=teacher if p.kd_hardness > 0 else None, modules=modules, prune_fn=prune_fn)
+    train_log = fit(student, features, tokenizer, cfg, teacher=kd_teacher, modules=modules, prune_fn=prune_fn)
 
     masks = M.get_masks(modules)
     try:
@@ -83,4 +93,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
 
 
 def _prune(modules, sparsity, *, method, scope, ctx):
-    method(modules, sparsity, scope, ctx)
+    # oBERT draws fresh gradient batches at every pruning event (seeded by the event's sparsity,
+    # so a resumed run draws the same ones)
+    stream = ctx["gradients"]
+    method(modules, sparsity, scope, {**ctx, "gradients": partial(stream, salt=round(sparsity * 1e6))})

@@ -23,7 +23,7 @@ def cache_dir(run_dir: Path, recipe) -> Path:
     return run_dir.resolve().parent / "_teachers" / f"{recipe.task}-{key[:16]}"
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, base_model = setup(recipe)
     t = recipe.teacher
     if t.path:
@@ -55,7 +55,9 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
             return t.lr * (step + 1) / warm
         return t.lr + (t.lr_min - t.lr) * (step - warm) / max(1, total - warm)
 
-    cfg = FitConfig(total_steps=total, batch_size=t.batch_size, lr_at=lr_at, weight_decay=t.weight_decay, precision=recipe.precision, seed=recipe.seed, description="teacher")
+    ckpt = cache.with_name(cache.name + ".ckpt.pt")
+    cfg = FitConfig(total_steps=total, batch_size=t.batch_size, lr_at=lr_at, weight_decay=t.weight_decay, precision=recipe.precision, seed=recipe.seed, description="teacher",
+                    checkpoint=ckpt, checkpoint_every=recipe.checkpoint_every, checkpoint_tag=cache.name)
     train_log = fit(model, features, tokenizer, cfg)
     tmp = cache.with_name(cache.name + ".tmp")
     if tmp.exists():
@@ -69,5 +71,6 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
     if cache.exists():
         shutil.rmtree(cache)
     tmp.rename(cache)
+    ckpt.unlink(missing_ok=True)
     write_json_atomic(out / "teacher.json", info)
     return {**result, "model_dir": str(cache / "model"), "cached": False, "_external": {str(cache / "model"): info["files"]}}

@@ -13,7 +13,7 @@ from ..models import load_model, load_tokenizer
 from .common import setup
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path) -> dict:
+def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, _ = setup(recipe)
     _, dev, info = task.load(recipe)
     dense_dir = upstream["teacher"]["result"]["model_dir"]

@@ -1,0 +1,1 @@
+"""After the pipeline: CI gates, packaging, and verification of shipped artifacts."""

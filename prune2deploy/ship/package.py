@@ -1,0 +1,161 @@
+"""`p2d package`: a shippable artifact from a finished run dir, written atomically.
+
+plain:   model.onnx, tokenizer files, config.json, samples.npz, manifest.json, README.md
+triton:  the same, with the model in a Triton repository: model_repository/<name>/1/model.onnx
+         and model_repository/<name>/config.pbtxt (onnxruntime backend, dims from the graph);
+         plus a DeepSparse server config (deepsparse_server.yaml).
+
+manifest.json: sha256 of every file, per-layer sparsity, metrics, bench rows, the recipe,
+package versions, the p2d version and git commit, and the reference outputs' location.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import UserError
+from ..files import hash_dir, read_json, write_json_atomic
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json", "config.json")
+ONNX_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 10: "TYPE_FP16", 9: "TYPE_BOOL"}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def graph_io(onnx_path: Path) -> tuple[list[dict], list[dict]]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": ONNX_TYPES.get(t.elem_type, f"ONNX_{t.elem_type}"), "dims": dims})
+        return out
+
+    return describe(model.graph.input), describe(model.graph.output)
+
+
+def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch: int = 64) -> str:
+    """config.pbtxt for the onnxruntime backend; the batch dim is Triton's (dims drop it)."""
+
+    def block(kind: str, items: list[dict]) -> str:
+        parts = []
+        for it in items:
+            dims = ", ".join(str(d) for d in it["dims"][1:])
+            parts.append(f'  {{\n    name: "{it["name"]}"\n    data_type: {it["dtype"]}\n    dims: [ {dims} ]\n  }}')
+        return f"{kind} [\n" + ",\n".join(parts) + "\n]"
+
+    return "\n".join([f'name: "{name}"', 'backend: "onnxruntime"', f"max_batch_size: {max_batch}", block("input", inputs), block("output", outputs),
+                      "instance_group [ { kind: KIND_CPU } ]", "dynamic_batching { }"]) + "\n"
+
+
+def reference_outputs(onnx_path: Path, export_dir: Path, task, dev, n: int = 4, seq: int = 128) -> dict[str, np.ndarray]:
+    from ..benchmark import fixed_inputs
+    from ..models import load_tokenizer
+    from ..runtimes import onnxruntime as ort_rt
+
+    tokenizer = load_tokenizer(str(export_dir))
+    inputs = fixed_inputs(tokenizer, task.sample_inputs(dev, n), n, seq)
+    outs = ort_rt.load(onnx_path, 1, n, seq)(inputs)
+    arrays = {f"input.{k}": v for k, v in inputs.items()}
+    arrays.update({f"output.{name}": o for name, o in zip(task.output_names, outs)})
+    return arrays
+
+
+def model_card(report: dict, name: str) -> str:
+    metric = report.get("metric")
+    d, s = report["metrics"]["dense"], report["metrics"]["sparse"]
+    lines = [
+        f"# {name}", "",
+        f"A {report['target_sparsity']:.0%}-sparse ({report['method']}) encoder of `{report['model']}` fine-tuned for **{report['task']}**, made by prune2deploy {__version__} ({report['profile']} profile).",
+        "Embeddings and the task head are dense; the encoder's Linear weights are pruned.", "",
+        "## Data", "", f"- train: {report['data'].get('train')}", f"- eval: {report['data'].get('eval')}", "",
+        "## Results", "", "| | dense | sparse |", "|---|---|---|",
+    ]
+    for key in sorted(set(d) & set(s)):
+        if isinstance(d[key], float):
+            lines.append(f"| {key} | {d[key]:.2f} | {s[key]:.2f} |")
+    lines += ["", f"Encoder sparsity (verified in the ONNX graph): {report['onnx'].get('encoder_sparsity', 0):.4f}", "",
+              "| runtime | precision | model | batch | seq | p50 ms | p90 ms | items/s |", "|---|---|---|---|---|---|---|---|"]
+    for r in report.get("bench") or []:
+        lines.append(f"| {r['runtime']} | {r.get('precision', '')} | {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput']:.1f} |")
+    lines += ["", f"Primary metric: {metric}. Verify this artifact with `p2d verify <dir>`.", ""]
+    return "\n".join(lines)
+
+
+def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = None) -> Path:
+    from ..run import load_run_recipe
+    from ..tasks.registry import get_task
+
+    if fmt not in ("plain", "triton"):
+        raise UserError(f"--format must be plain or triton, got '{fmt}'")
+    recipe = load_run_recipe(run_dir)
+    report_path = run_dir / "report.json"
+    export_dir = run_dir / "export"
+    if not report_path.is_file() or not (export_dir / "model.onnx").is_file():
+        raise UserError(f"{run_dir}: no finished run (report.json and export/model.onnx needed); run `p2d run` first")
+    report = read_json(report_path)
+    export_rec = read_json(export_dir / "stage.json")["result"]
+    name = name or f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}"
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in TOKENIZER_FILES:
+            if (export_dir / f).is_file():
+                shutil.copy2(export_dir / f, tmp / f)
+        if fmt == "triton":
+            model_rel = f"model_repository/{name}/1/model.onnx"
+        else:
+            model_rel = "model.onnx"
+        (tmp / model_rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(export_dir / "model.onnx", tmp / model_rel)
+        inputs, outputs = graph_io(tmp / model_rel)
+        if fmt == "triton":
+            (tmp / f"model_repository/{name}/config.pbtxt").write_text(triton_config(name, inputs, outputs))
+            (tmp / "deepsparse_server.yaml").write_text(
+                f"# DeepSparse server (community licence, non-production): deepsparse.server --config_file deepsparse_server.yaml\n"
+                f"endpoints:\n  - task: {'question_answering' if recipe.task == 'squad' else 'text_classification'}\n"
+                f"    model: {model_rel}\n    batch_size: 1\n    kwargs: {{sequence_length: 128}}\n")
+        task = get_task(recipe.task)
+        _, dev, _ = task.load(recipe)
+        np.savez(tmp / "samples.npz", **reference_outputs(tmp / model_rel, export_dir, task, dev))
+        (tmp / "README.md").write_text(model_card(report, name))
+        from ..run import versions
+
+        manifest = {
+            "name": name, "format": fmt, "model": model_rel,
+            "prune2deploy": __version__, "git_commit": git_commit(), "versions": versions(),
+            "task": recipe.task, "metric": report.get("metric"), "metrics": report["metrics"],
+            "target_sparsity": recipe.prune.target_sparsity, "encoder_sparsity": export_rec["encoder_sparsity"],
+            "per_layer_sparsity": report["sparsity"]["per_layer"],
+            "onnx_initializers": {k: {"onnx_name": v["onnx_name"], "zeros": v["onnx_zeros"], "numel": v["numel"]} for k, v in export_rec["per_tensor"].items()},
+            "inputs": inputs, "outputs": outputs, "bench": report.get("bench"), "recipe": recipe.to_dict(),
+            "reference": {"file": "samples.npz", "atol": 1e-4},
+            "files": hash_dir(tmp),
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

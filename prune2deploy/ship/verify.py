@@ -1,0 +1,79 @@
+"""`p2d verify ARTIFACT_DIR`: hashes, ONNX checker, encoder sparsity, reference outputs.
+
+Returns the first mismatch (None when all checks pass); the CLI exits 1 naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..files import hash_dir, read_json
+
+
+def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
+    """(first failure or None, the checks that passed)."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise UserError(f"{path}: not a p2d artifact (no manifest.json)")
+    try:
+        manifest = read_json(mpath)
+    except ValueError:
+        return "manifest.json is not valid JSON", []
+    passed: list[str] = []
+    files = {k: v for k, v in hash_dir(path).items() if k != "manifest.json"}
+    want = manifest.get("files") or {}
+    for rel, sha in want.items():
+        if rel not in files:
+            return f"missing file: {rel}", passed
+        if files[rel] != sha:
+            return f"hash mismatch: {rel}", passed
+    extra = sorted(set(files) - set(want))
+    if extra:
+        return f"unexpected file: {extra[0]}", passed
+    passed.append(f"sha256 of {len(want)} files")
+
+    import onnx
+    from onnx import numpy_helper
+
+    model_path = path / manifest["model"]
+    try:
+        onnx.checker.check_model(str(model_path))
+        model = onnx.load(str(model_path))
+    except Exception as e:  # noqa: BLE001
+        return f"ONNX checker: {str(e).splitlines()[0][:200]}", passed
+    passed.append("onnx.checker")
+
+    inits = {t.name: t for t in model.graph.initializer}
+    zeros = total = 0
+    for torch_name, rec in (manifest.get("onnx_initializers") or {}).items():
+        onnx_name = (rec.get("onnx_name") or "").split("[")[0]
+        if onnx_name not in inits:
+            return f"initializer {onnx_name or '?'} ({torch_name}) missing from the graph", passed
+        arr = numpy_helper.to_array(inits[onnx_name])
+        z = int((arr == 0).sum()) if "[" not in (rec.get("onnx_name") or "") else rec["zeros"]
+        if z != rec["zeros"]:
+            return f"sparsity of {torch_name} ({onnx_name}): {z} zeros, manifest says {rec['zeros']}", passed
+        zeros += z
+        total += rec["numel"]
+    if total and abs(zeros / total - manifest["encoder_sparsity"]) > 1e-9:
+        return f"encoder sparsity {zeros / total:.6f} != manifest {manifest['encoder_sparsity']:.6f}", passed
+    passed.append(f"encoder sparsity {manifest['encoder_sparsity']:.4f} over {len(manifest.get('onnx_initializers') or {})} tensors")
+
+    from ..runtimes import onnxruntime as ort_rt
+
+    ref = manifest["reference"]
+    with np.load(path / ref["file"], allow_pickle=False) as data:
+        inputs = {k.split(".", 1)[1]: data[k] for k in data.files if k.startswith("input.")}
+        expected = [data[f"output.{o['name']}"] for o in manifest["outputs"]]
+    b, s = inputs["input_ids"].shape
+    got = ort_rt.load(model_path, 1, b, s)(inputs)
+    for o, e, g in zip(manifest["outputs"], expected, got):
+        diff = float(np.abs(e - g).max())
+        if diff > ref["atol"]:
+            return f"output {o['name']} differs from the reference by {diff:.2e} > {ref['atol']:g}", passed
+    passed.append(f"outputs match the reference on {b} stored inputs")
+    return None, passed
