@@ -65,8 +65,14 @@ def load_tokenizer(model: str):
         raise UserError(f"cannot load tokenizer from '{model}': {str(e).splitlines()[0]}") from None
 
 
-def load_model(model: str, auto_class: str, num_labels: int | None = None):
-    """Load weights with safetensors only (never pickle); a fresh head where the checkpoint has none."""
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def load_model(model: str, auto_class: str, num_labels: int | None = None, attention_dropout: float | None = None):
+    """Load weights with safetensors only (never pickle); a fresh head where the checkpoint has none.
+
+    `attention_dropout` (when not None) replaces the config's attention-probability dropout.
+    """
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -74,6 +80,8 @@ def load_model(model: str, auto_class: str, num_labels: int | None = None):
     kwargs = {}
     if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
         kwargs["num_labels"] = num_labels
+    if attention_dropout is not None:
+        kwargs.update({k: attention_dropout for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)})
     cls = getattr(transformers, auto_class)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
@@ -16,21 +17,25 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if os.environ.get("P2D_QUIET") == "1":
         yield from items
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task(description, total=total if total is not None else len(items), info="")  # type: ignore[arg-type]
+    with Bar(description, total if total is not None else len(items)) as bar:  # type: ignore[arg-type]
         for item in items:
             yield item
-            bar.advance(task)
+            bar.advance()
 
 
 class Bar:
-    """A progress bar driven by hand (`update(info=...)`), for training loops."""
+    """A progress bar driven by hand (`advance(info=...)`), for training loops.
+
+    On a terminal: a live rich bar. Otherwise (CI logs, files): a plain line every 10%.
+    """
 
     def __init__(self, description: str, total: int):
         self.quiet = os.environ.get("P2D_QUIET") == "1"
         self.progress = None
-        if not self.quiet:
+        self.description, self.total, self.done, self.next_mark = description, max(1, total), 0, 0.1
+        self.started = time.time()
+        self.plain = not self.quiet and not console.is_terminal
+        if not self.quiet and not self.plain:
             columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
             self.progress = Progress(*columns, console=console)
             self.task = self.progress.add_task(description, total=total, info="")
@@ -45,9 +50,15 @@ class Bar:
             self.progress.__exit__(*exc)
 
     def advance(self, n: int = 1, info: str | None = None) -> None:
+        self.done += n
         if self.progress:
             kw = {"info": info} if info is not None else {}
             self.progress.update(self.task, advance=n, **kw)
+        elif self.plain and self.done / self.total >= self.next_mark - 1e-9:
+            while self.done / self.total >= self.next_mark - 1e-9:
+                self.next_mark += 0.1
+            elapsed = time.time() - self.started
+            console.print(f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}) {elapsed:.0f}s {info or ''}", highlight=False)
 
 
 def log(msg: str) -> None:

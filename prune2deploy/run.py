@@ -27,8 +27,8 @@ STAGES = ("teacher", "prune", "validate", "export", "bench")
 DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "bench": ("export",)}
 # Which recipe fields each stage reads (its cache key), besides its upstream outputs.
 READS = {
-    "teacher": ("task", "model", "seed", "precision", "data", "teacher"),
-    "prune": ("task", "model", "seed", "precision", "data", "prune"),
+    "teacher": ("task", "model", "seed", "precision", "attention_dropout", "data", "teacher"),
+    "prune": ("task", "model", "seed", "precision", "attention_dropout", "data", "prune"),
     "validate": ("task", "data"),
     "export": ("task", "export"),
     "bench": ("task", "data", "bench", "threads"),

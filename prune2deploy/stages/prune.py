@@ -32,7 +32,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     teacher_dir = upstream["teacher"]["result"]["model_dir"]
     tokenizer = load_tokenizer(teacher_dir)
     teacher = load_model(teacher_dir, task.auto_class, task.num_labels)
-    student = load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class, task.num_labels)
+    student = load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
     for param in teacher.parameters():
         param.requires_grad_(False)
 

