@@ -74,6 +74,7 @@ def run(
     seed: Optional[str] = typer.Option(None, "--seed"),
     threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for training and bench (0: all)."),
     recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="A pipeline YAML other than pipelines/<task>.yaml."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Bench runtimes, comma-separated, or 'auto' (see `p2d runtimes`)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field: --set prune.lr=1e-4"),
     force: bool = typer.Option(False, "--force", help="Reuse a run dir made for another config."),
 ) -> None:
@@ -83,7 +84,7 @@ def run(
         from .recipe import load_recipe
         from .run import default_run_dir, run_pipeline
 
-        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads})
+        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads, "bench.runtimes": runtime})
         recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)
         run_pipeline(recipe, out or default_run_dir(recipe), force=force)
 
@@ -107,8 +108,39 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _stage in ("teacher", "prune", "validate", "export", "bench"):
+for _stage in ("teacher", "prune", "validate", "export"):
     app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command()
+def bench(
+    path: Path = typer.Argument(..., help="A run dir, or any ONNX file."),
+    dense: Optional[Path] = typer.Option(None, "--dense", help="With an ONNX file: the dense model to compare with."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Comma-separated runtimes, or 'auto' (see `p2d runtimes`)."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="e.g. 1,16"),
+    seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="e.g. 128,384"),
+    threads: Optional[str] = typer.Option(None, "--threads"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With an ONNX file: where to write bench.json/.md/.png."),
+    force: bool = typer.Option(False, "--force", help="Redo the stage even if up to date."),
+) -> None:
+    """Benchmark dense vs sparse: the bench stage of a run dir, or any ONNX file."""
+
+    def go():
+        from .bench_cli import bench_path
+
+        bench_path(path, dense, runtime, batch_sizes, seq_lens, threads, out, force)
+
+    _guard(go)
+
+
+@app.command()
+def runtimes() -> None:
+    """List registered runtimes and whether each is installed here."""
+    from .runtimes.registry import _all
+
+    for name, rt in _all().items():
+        ok = rt.available()
+        print(f"{name:22s} {rt.precision:5s} {rt.device:5s} {'installed ' + rt.version() if ok else 'not installed'}")
 
 
 @app.command()

@@ -301,5 +301,10 @@ def validate(r: Recipe) -> None:
             raise UserError(f"{name} must be > 0, got {v}")
     if task.export_task == "question-answering" and r.data.doc_stride >= r.data.max_length:
         raise UserError("data.doc_stride must be smaller than data.max_length")
+    from .runtimes.registry import runtime_names
+
+    for name in r.bench.runtimes:
+        if name != "auto" and name not in runtime_names():
+            raise UserError(f"unknown runtime '{name}' (known: auto, {', '.join(runtime_names())})")
     if not r.bench.batch_sizes or not r.bench.seq_lens or min(r.bench.batch_sizes + r.bench.seq_lens) <= 0:
         raise UserError("bench.batch_sizes and bench.seq_lens must be positive")

@@ -54,14 +54,29 @@ def summary_table(report: dict) -> Table:
     onnx_s = report["onnx"].get("encoder_sparsity")
     if enc is not None:
         t.add_row("encoder sparsity (torch / onnx)", "0", f"{enc:.4f} / {onnx_s:.4f}" if onnx_s is not None else f"{enc:.4f}", "")
-    rows = report.get("bench") or []
+    rows = [r for r in report.get("bench") or [] if "p50_ms" in r]
     for r in rows:
         if r["model"] != "sparse":
             continue
         dense = next((x for x in rows if x["model"] == "dense" and x["runtime"] == r["runtime"] and x["batch_size"] == r["batch_size"] and x["seq_len"] == r["seq_len"]), None)
         if dense:
-            t.add_row(f"p50 ms {r['runtime']} b{r['batch_size']} s{r['seq_len']}", f"{dense['p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{dense['p50_ms'] / r['p50_ms']:.2f}x")
+            best = f" (best dense: {r['speedup_vs_best_dense']:.2f}x)" if r.get("speedup_vs_best_dense") else ""
+            t.add_row(f"p50 ms {r['runtime']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}", f"{dense['p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}")
     return t
+
+
+def print_bench(rows: list[dict]) -> None:
+    t = Table(title="bench (p50 ms; speedups of sparse rows)")
+    for col in ("runtime", "precision", "model", "batch", "seq", "p50 ms", "p90 ms", "items/s", "vs dense same rt", "vs dense ORT", "vs best dense"):
+        t.add_column(col)
+    f = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+    for r in rows:
+        if "p50_ms" not in r:
+            t.add_row(r["runtime"], r["precision"], r["model"], str(r["batch_size"]), str(r["seq_len"]), f"[red]{r['error'][:60]}[/red]", "", "", "", "", "")
+            continue
+        t.add_row(r["runtime"], r["precision"], r["model"], str(r["batch_size"]), str(r["seq_len"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['throughput']:.1f}",
+                  f(r.get("speedup_vs_dense_same_runtime")), f(r.get("speedup_vs_dense_onnxruntime")), f(r.get("speedup_vs_best_dense")))
+    Console().print(t)
 
 
 def print_summary(report: dict) -> None:

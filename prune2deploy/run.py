@@ -165,6 +165,9 @@ def preflight(recipe: Recipe) -> None:
     if recipe.teacher.path:
         load_config(resolve_model(recipe.teacher.path))
     get_task(recipe.task).load(recipe)
+    from .runtimes.registry import resolve
+
+    resolve(recipe.bench.runtimes)  # a runtime asked for by name must be installed
 
 
 def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:

@@ -1,23 +1,31 @@
-"""ONNX Runtime on CPU: graph optimizations on, thread count explicit, fp32."""
+"""ONNX Runtime: CPU (graph optimizations on, thread count explicit, fp32) and, where a GPU
+and the GPU build exist, the CUDA and TensorRT execution providers."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from ..benchmark import time_calls
 from ..errors import UserError
+from .registry import Runtime
 
 NAME = "onnxruntime"
-PRECISION = "fp32"
+PROVIDERS = {
+    "onnxruntime": ["CPUExecutionProvider"],
+    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
 
 
-def available() -> bool:
+def available(name: str = NAME) -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime as ort
     except ImportError:
         return False
-    return True
+    return PROVIDERS[name][0] in ort.get_available_providers()
 
 
 def version() -> str:
@@ -26,7 +34,7 @@ def version() -> str:
     return onnxruntime.__version__
 
 
-def load(onnx_path: str | Path, threads: int, batch_size: int, seq_len: int):
+def load(onnx_path: str | Path, threads: int, batch_size: int = 0, seq_len: int = 0, providers: list[str] | None = None):
     """Return `run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]` for the model."""
     import onnxruntime as ort
 
@@ -34,9 +42,9 @@ def load(onnx_path: str | Path, threads: int, batch_size: int, seq_len: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors come back as exceptions; keep stderr to one line
     try:
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=providers or PROVIDERS[NAME])
     except Exception as e:  # noqa: BLE001 - ORT raises its own types for bad files
         raise UserError(f"{onnx_path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
     names = [i.name for i in sess.get_inputs()]
@@ -47,7 +55,12 @@ def load(onnx_path: str | Path, threads: int, batch_size: int, seq_len: int):
     return run
 
 
-def input_names(onnx_path: str | Path) -> list[str]:
-    import onnxruntime as ort
+def bench(onnx_path, inputs, threads, warmup, iters, min_time_s, name: str = NAME):
+    run = load(onnx_path, threads, providers=PROVIDERS[name])
+    return time_calls(run, inputs, warmup, iters, min_time_s)
 
-    return [i.name for i in ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()]
+
+RUNTIMES = [
+    Runtime(n, "fp32", "onnx", partial(available, n), version, partial(bench, name=n), device="cpu" if n == NAME else "cuda")
+    for n in PROVIDERS
+]

@@ -1,21 +1,62 @@
-"""Runtimes by name. A runtime is a module with NAME, PRECISION, available(), version(), load()."""
+"""Runtimes by name. A runtime file defines one or more `Runtime`s; each gets a line here."""
 
 from __future__ import annotations
 
-from ..errors import UserError
-from . import onnxruntime
+from dataclasses import dataclass
+from typing import Callable
 
-RUNTIMES = {onnxruntime.NAME: onnxruntime}
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    precision: str  # fp32 | bf16 | int8: stated in every bench row
+    format: str  # "onnx": takes the ONNX file; "hf": takes the HF model dir (PyTorch)
+    available: Callable[[], bool]
+    version: Callable[[], str]
+    # bench(path, inputs, threads, warmup, iters, min_time_s) -> (times_ms, outputs)
+    bench: Callable[..., tuple[list[float], list]]
+    device: str = "cpu"
+
+
+def _all() -> dict[str, Runtime]:
+    from . import deepsparse, onnxruntime, openvino, torch_eager
+
+    runtimes = [*onnxruntime.RUNTIMES, deepsparse.RUNTIME, *openvino.RUNTIMES, *torch_eager.RUNTIMES]
+    return {r.name: r for r in runtimes}
 
 
 def runtime_names() -> list[str]:
-    return list(RUNTIMES)
+    return list(_all())
 
 
-def get_runtime(name: str):
-    if name not in RUNTIMES:
-        raise UserError(f"unknown runtime '{name}' (known: {', '.join(RUNTIMES)})")
-    rt = RUNTIMES[name]
+def get_runtime(name: str) -> Runtime:
+    runtimes = _all()
+    if name not in runtimes:
+        raise UserError(f"unknown runtime '{name}' (known: {', '.join(runtimes)})")
+    rt = runtimes[name]
     if not rt.available():
-        raise UserError(f"runtime '{name}' is not installed")
+        raise UserError(f"runtime '{name}' is not installed here")
     return rt
+
+
+def resolve(names: tuple[str, ...]) -> tuple[list[Runtime], list[str]]:
+    """Runtimes to bench. 'auto' means every available CPU runtime (and GPU ones where a GPU
+    is present), skipping the missing with a warning; a runtime asked for by name must exist."""
+    runtimes = _all()
+    chosen, skipped = [], []
+    for name in names:
+        if name == "auto":
+            for rt in runtimes.values():
+                if rt in chosen:
+                    continue
+                if rt.available():
+                    chosen.append(rt)
+                else:
+                    skipped.append(rt.name)
+        else:
+            rt = get_runtime(name)
+            if rt not in chosen:
+                chosen.append(rt)
+    return chosen, skipped

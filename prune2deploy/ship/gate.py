@@ -77,7 +77,9 @@ def select(gates: list[dict], report: dict) -> dict:
 
 
 def _pairs(rows: list[dict]):
-    """(sparse row, dense row of the same runtime and shape, dense ORT row of the shape)."""
+    """(sparse row, dense row of the same runtime and shape, dense ORT row of the shape).
+    Rows that failed (no timing) are left out; a gate on their runtime then finds no rows."""
+    rows = [r for r in rows if "p50_ms" in r]
     for r in rows:
         if r["model"] != "sparse":
             continue

@@ -1,52 +1,171 @@
-"""Stage 5: latency and throughput, dense vs sparse, fixed shapes, per runtime.
+"""Stage 5: latency and throughput, dense vs sparse, on every runtime, fixed shapes.
 
 Inputs are real tokenized task examples padded/truncated to each (batch, seq_len), the same
-for dense and sparse; warm-up, then p50/p90/p99 and throughput. (Output parity of ONNX
-Runtime against PyTorch is checked by the export stage.)
+for dense and sparse and for every runtime; threads are equal across runtimes. Each runtime's
+outputs are compared with PyTorch's on the same inputs: a row whose outputs differ beyond the
+tolerance of its precision is marked failed and not reported as a speed. Every payoff is
+given twice: against the dense model in the same runtime and precision, and against the best
+dense row of all (what a user would otherwise deploy).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from ..benchmark import fixed_inputs, measure
+from ..benchmark import fixed_inputs, summarize
 from ..files import write_json_atomic
 from ..models import load_tokenizer
-from ..progress import track
-from ..runtimes.registry import get_runtime
+from ..progress import log, track
+from ..runtimes.registry import resolve
 from .common import setup
 
+TOLERANCE = {"fp32": 5e-3, "bf16": 0.5, "int8": 1.0}  # max |logit - torch fp32 logit|
 
-def bench_files(models: dict[str, Path], tokenizer, samples, bench_cfg, threads: int) -> list[dict]:
-    rows = []
+
+def reference_outputs(model_dir: str, auto_class: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    from ..models import load_model
+
+    model = load_model(model_dir, auto_class).eval()
+    with torch.inference_mode():
+        out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    return [t.float().numpy() for t in out.to_tuple()]
+
+
+def bench_models(models: dict[str, dict], inputs_for, bench_cfg, threads: int, auto_class: str | None, reference) -> tuple[list[dict], list[str]]:
+    """models: {"dense"|"sparse": {"onnx": path, "hf": dir or None}}; inputs_for(b, s) -> inputs;
+    reference(label, inputs) -> outputs to check each runtime against."""
+    runtimes, skipped = resolve(bench_cfg.runtimes)
+    for name in skipped:
+        log(f"[yellow]bench: runtime '{name}' is not installed here; skipped[/yellow]")
     shapes = [(b, s) for b in bench_cfg.batch_sizes for s in bench_cfg.seq_lens]
-    jobs = [(rt, b, s, label) for rt in bench_cfg.runtimes for (b, s) in shapes for label in models]
-    for rt_name, b, s, label in track(jobs, "bench", total=len(jobs)):
-        rt = get_runtime(rt_name)
-        inputs = fixed_inputs(tokenizer, samples, b, s)
-        run = rt.load(models[label], threads, b, s)
-        stats = measure(run, inputs, bench_cfg.warmup, bench_cfg.iters, bench_cfg.min_time_s)
-        rows.append({"runtime": rt_name, "precision": rt.PRECISION, "model": label, "batch_size": b, "seq_len": s, "threads": threads, **stats})
-    base = {(r["runtime"], r["batch_size"], r["seq_len"]): r["p50_ms"] for r in rows if r["model"] == "dense" and r["runtime"] == "onnxruntime"}
+    jobs = [(rt, b, s, label) for (b, s) in shapes for rt in runtimes for label in models if models[label].get("hf" if rt.format == "hf" else "onnx")]
+    refs: dict[tuple, list[np.ndarray]] = {}
+    rows = []
+    for rt, b, s, label in track(jobs, "bench", total=len(jobs)):
+        inputs = inputs_for(b, s)
+        if (label, b, s) not in refs:
+            refs[(label, b, s)] = reference(label, inputs)
+        source = models[label]["hf" if rt.format == "hf" else "onnx"]
+        kw = {"auto_class": auto_class} if rt.format == "hf" else {}
+        row = {"runtime": rt.name, "precision": rt.precision, "device": rt.device, "model": label, "batch_size": b, "seq_len": s, "threads": threads}
+        try:
+            times, outputs = rt.bench(source, inputs, threads, bench_cfg.warmup, bench_cfg.iters, bench_cfg.min_time_s, **kw)
+        except RuntimeError as e:
+            rows.append({**row, "error": str(e)})
+            log(f"[red]bench: {rt.name} {label} b{b} s{s}: {e}[/red]")
+            continue
+        diff = max(float(np.abs(np.asarray(o, dtype=np.float32) - r).max()) for o, r in zip(outputs, refs[(label, b, s)]))
+        row["max_abs_diff"] = round(diff, 6)
+        if diff > TOLERANCE[rt.precision]:
+            rows.append({**row, "error": f"outputs differ from PyTorch by {diff:.3g} (> {TOLERANCE[rt.precision]} for {rt.precision}); not timed"})
+            continue
+        rows.append({**row, **summarize(times, b), "rss_mb": _rss_mb()})
+    add_speedups(rows)
+    return rows, skipped
+
+
+def add_speedups(rows: list[dict]) -> None:
+    ok = [r for r in rows if "p50_ms" in r]
+    for r in ok:
+        shape = (r["batch_size"], r["seq_len"])
+        dense = [x for x in ok if x["model"] == "dense" and (x["batch_size"], x["seq_len"]) == shape]
+        same = next((x for x in dense if x["runtime"] == r["runtime"]), None)
+        ort = next((x for x in dense if x["runtime"] == "onnxruntime"), None)
+        best = min(dense, key=lambda x: x["p50_ms"], default=None)
+        r["speedup_vs_dense_same_runtime"] = round(same["p50_ms"] / r["p50_ms"], 3) if same else None
+        r["speedup_vs_dense_onnxruntime"] = round(ort["p50_ms"] / r["p50_ms"], 3) if ort else None
+        r["speedup_vs_best_dense"] = round(best["p50_ms"] / r["p50_ms"], 3) if best else None
+        r["best_dense"] = f"{best['runtime']} ({best['precision']})" if best else None
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| runtime | precision | model | batch | seq | p50 ms | p90 ms | p99 ms | items/s | vs dense same runtime | vs dense ORT | vs best dense |", "|" + "---|" * 12]
     for r in rows:
-        ref = base.get(("onnxruntime", r["batch_size"], r["seq_len"]))
-        r["speedup_vs_dense_onnxruntime"] = round(ref / r["p50_ms"], 3) if ref else None
-    return rows
+        if "p50_ms" not in r:
+            lines.append(f"| {r['runtime']} | {r['precision']} | {r['model']} | {r['batch_size']} | {r['seq_len']} | failed: {r['error'][:80]} |||||||")
+            continue
+        f = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+        lines.append(f"| {r['runtime']} | {r['precision']} | {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.1f} | {f(r['speedup_vs_dense_same_runtime'])} | {f(r['speedup_vs_dense_onnxruntime'])} | {f(r['speedup_vs_best_dense'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [r for r in rows if "p50_ms" in r]
+    shapes = sorted({(r["batch_size"], r["seq_len"]) for r in ok})
+    if not shapes:
+        return False
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        sub = [r for r in ok if (r["batch_size"], r["seq_len"]) == shape]
+        names = sorted({f"{r['runtime']}\n{r['precision']}" for r in sub})
+        x = np.arange(len(names))
+        for i, label in enumerate(("dense", "sparse")):
+            vals = [next((r["p50_ms"] for r in sub if f"{r['runtime']}\n{r['precision']}" == n and r["model"] == label), 0) for n in names]
+            ax.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=label)
+        ax.set_xticks(x, names, fontsize=7)
+        ax.set_ylabel("p50 latency (ms)")
+        ax.set_title(f"batch {shape[0]}, seq {shape[1]}")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except OSError:
+        return -1.0
 
 
 def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
+    import torch
+
     task, _ = setup(recipe)
     _, dev, _ = task.load(recipe)
     export_dir = run_dir / "export"
     tokenizer = load_tokenizer(str(export_dir))
     threads = recipe.threads or torch.get_num_threads()
     samples = task.sample_inputs(dev, 64)
-    models = {"dense": export_dir / "dense.onnx", "sparse": export_dir / "model.onnx"}
-    rows = bench_files(models, tokenizer, samples, recipe.bench, threads)
+    teacher_rec = _read(run_dir / "teacher" / "stage.json")
+    models = {
+        "dense": {"onnx": export_dir / "dense.onnx", "hf": teacher_rec["result"]["model_dir"] if teacher_rec else None},
+        "sparse": {"onnx": export_dir / "model.onnx", "hf": str(run_dir / "prune" / "model")},
+    }
+    cache: dict = {}
+
+    def inputs_for(b, s):
+        if (b, s) not in cache:
+            cache[(b, s)] = fixed_inputs(tokenizer, samples, b, s)
+        return cache[(b, s)]
+
+    rows, skipped = bench_models(models, inputs_for, recipe.bench, threads, task.auto_class, lambda label, x: reference_outputs(models[label]["hf"], task.auto_class, x))
     write_json_atomic(out / "bench.json", rows)
-    return {"rows": rows, "threads": threads, "load": _loadavg()}
+    (out / "bench.md").write_text(markdown(rows))
+    chart(rows, out / "bench.png", f"{recipe.task} · {recipe.prune.method} {recipe.prune.target_sparsity:g} · {threads} threads")
+    return {"rows": rows, "threads": threads, "skipped_runtimes": skipped, "load": _loadavg()}
+
+
+def _read(path: Path):
+    from ..files import read_json
+
+    return read_json(path) if path.is_file() else None
 
 
 def _loadavg() -> list[float] | None:
@@ -56,3 +175,56 @@ def _loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def bench_onnx_files(model: Path, dense: Path | None, bench_cfg, threads: int, out: Path | None) -> list[dict]:
+    """`p2d bench MODEL.onnx [--dense DENSE.onnx]`: any ONNX file, outside a run dir.
+
+    Inputs: the tokenizer beside the model when there is one (texts from a fixed sentence),
+    else random token ids; the reference outputs are ONNX Runtime's on the same file.
+    """
+    from ..errors import UserError
+    from ..onnx_sparsity import load_initializers
+    from ..runtimes import onnxruntime as ort_rt
+
+    for p in [model] + ([dense] if dense else []):
+        if not Path(p).is_file():
+            raise UserError(f"ONNX file not found: {p}")
+        load_initializers(p)  # a corrupt or non-ONNX file fails here with one line
+    models = {"sparse": {"onnx": Path(model), "hf": None}}
+    if dense:
+        models["dense"] = {"onnx": Path(dense), "hf": None}
+    names = _input_names(model)
+    tok_dir = Path(model).parent
+    tokenizer = load_tokenizer(str(tok_dir)) if (tok_dir / "tokenizer_config.json").is_file() else None
+    sample = [("How much faster is a sparse model on a CPU?", "Pruning removes most weights of the encoder, and a sparse runtime skips them.")]
+
+    def inputs_for(b, s):
+        if tokenizer is not None:
+            x = fixed_inputs(tokenizer, sample, b, s)
+        else:
+            rng = np.random.default_rng(0)
+            x = {"input_ids": rng.integers(1000, 2000, (b, s)).astype(np.int64), "attention_mask": np.ones((b, s), np.int64), "token_type_ids": np.zeros((b, s), np.int64)}
+        return {k: v for k, v in x.items() if k in names}
+
+    def reference(label, x):
+        try:
+            return ort_rt.load(models[label]["onnx"], threads)(x)
+        except Exception as e:  # noqa: BLE001 - shapes the model cannot take
+            raise UserError(f"{models[label]['onnx']}: cannot run on inputs of shape {next(iter(x.values())).shape}: {str(e).splitlines()[0][:160]}") from None
+
+    rows, _ = bench_models(models, inputs_for, bench_cfg, threads, None, reference)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "bench.json", rows)
+        (out / "bench.md").write_text(markdown(rows))
+        chart(rows, out / "bench.png", f"{Path(model).name} · {threads} threads")
+    return rows
+
+
+def _input_names(onnx_path: Path) -> list[str]:
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    init = {i.name for i in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in init]

@@ -1,0 +1,102 @@
+"""The deployment payoff of encoder sparsity, per runtime, on random-weight BERT shapes.
+
+For each shape (MiniLM-L6: 6 x 384; BERT-base: 12 x 768) and sparsity (0 = dense, 0.8,
+0.9; global magnitude pruning of the encoder Linears, embeddings/head dense), export to ONNX
+(opset 14) and time every runtime asked for at fixed shapes through p2d's own bench code.
+Idle machine please: the load average is recorded with the results.
+
+    .venv/bin/python benchmarks/runtime_payoff.py --shapes minilm --batch-sizes 1,16 \
+        --runtimes onnxruntime,deepsparse,openvino,openvino-bf16,openvino-sparse,torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prune2deploy.recipe import BenchConfig
+from prune2deploy.stages.bench import add_speedups, bench_models, markdown
+
+SHAPES = {
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def build(shape: str, sparsity: float, out: Path) -> tuple[Path, Path]:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from prune2deploy.models import resolve_model
+    from prune2deploy.pruning import gmp
+    from prune2deploy.pruning import masks as M
+    from prune2deploy.stages.export import export_onnx
+    from prune2deploy.tasks.registry import get_task
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **SHAPES[shape])).eval()
+    if sparsity > 0:
+        mods = M.prunable_modules(model)
+        M.attach_masks(mods)
+        gmp.prune_step(mods, sparsity, "global")
+    hf = out / f"{shape}-{sparsity:g}"
+    model.save_pretrained(hf)
+    AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(hf)
+    export_onnx(hf, get_task("rotten_tomatoes"), 14, hf / "model.onnx")
+    return hf / "model.onnx", hf
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="minilm")
+    ap.add_argument("--sparsities", default="0.8,0.9")
+    ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--runtimes", default="onnxruntime,deepsparse,openvino,openvino-bf16,openvino-sparse,torch")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--min-time", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default="benchmarks/results/runtime_payoff")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in args.shapes.split(","):
+            models = {}
+            for s in [0.0] + [float(x) for x in args.sparsities.split(",")]:
+                onnx_path, hf = build(shape, s, Path(tmp))
+                models["dense" if s == 0 else f"sparse{int(s * 100)}"] = {"onnx": onnx_path, "hf": str(hf)}
+            rng = np.random.default_rng(0)
+            cache = {}
+
+            def inputs_for(b, sl):
+                if (b, sl) not in cache:
+                    ids = rng.integers(1000, 20000, (b, sl)).astype(np.int64)
+                    cache[(b, sl)] = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+                return cache[(b, sl)]
+
+            from prune2deploy.runtimes import onnxruntime as ort_rt
+
+            def reference(label, x):
+                return ort_rt.load(models[label]["onnx"], args.threads)(x)
+
+            cfg = BenchConfig(runtimes=tuple(args.runtimes.split(",")), batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seq_lens=(args.seq_len,), warmup=3, iters=args.iters, min_time_s=args.min_time)
+            rows, skipped = bench_models(models, inputs_for, cfg, args.threads, "AutoModelForSequenceClassification", reference)
+            for r in rows:
+                r["shape"] = shape
+            all_rows += rows
+            print(markdown(rows), flush=True)
+    # speedups: the bench code compares "sparse" rows; here every non-dense label is a sparse model
+    result = {"threads": args.threads, "load_before_and_after": os.getloadavg(), "rows": all_rows}
+    (out / "rows.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "table.md").write_text(markdown(all_rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Runtimes: registry rules, DeepSparse through its own environment, OpenVINO, parity."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from prune2deploy.errors import UserError
+from prune2deploy.runtimes import deepsparse as ds
+from prune2deploy.runtimes import onnxruntime as ort_rt
+from prune2deploy.runtimes.registry import get_runtime, resolve
+from tests.test_cli import assert_user_error, p2d
+
+
+@pytest.fixture(scope="module")
+def sparse_onnx(tmp_path_factory):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from prune2deploy.models import resolve_model
+    from prune2deploy.pruning import gmp
+    from prune2deploy.pruning import masks as M
+    from prune2deploy.stages.export import export_onnx
+    from prune2deploy.tasks.registry import get_task
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(num_labels=2, hidden_size=64, intermediate_size=128, num_attention_heads=4)).eval()
+    mods = M.prunable_modules(model)
+    M.attach_masks(mods)
+    gmp.prune_step(mods, 0.9, "global")
+    d = tmp_path_factory.mktemp("rt")
+    model.save_pretrained(d / "hf")
+    AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(d / "hf")
+    export_onnx(d / "hf", get_task("rotten_tomatoes"), 14, d / "model.onnx")
+    return d / "model.onnx"
+
+
+def _inputs(b=2, s=32):
+    rng = np.random.default_rng(0)
+    return {"input_ids": rng.integers(1000, 2000, (b, s)).astype(np.int64), "attention_mask": np.ones((b, s), np.int64), "token_type_ids": np.zeros((b, s), np.int64)}
+
+
+def test_registry_rules():
+    with pytest.raises(UserError, match="unknown runtime 'tensorflow'"):
+        get_runtime("tensorflow")
+    chosen, skipped = resolve(("auto",))
+    names = [r.name for r in chosen]
+    assert "onnxruntime" in names and set(names).isdisjoint(skipped)
+    assert "onnxruntime-cuda" in skipped or torch.cuda.is_available()
+    if "onnxruntime-cuda" in skipped:  # asked for by name and missing: an error, not a skip
+        with pytest.raises(UserError, match="not installed"):
+            resolve(("onnxruntime-cuda",))
+
+
+def test_deepsparse_is_installed_by_bootstrap():
+    assert ds.available(), f"DeepSparse env missing at {ds.python()} (scripts/bootstrap makes it)"
+    assert ds.version().startswith("1.8")
+
+
+def test_deepsparse_fixed_shapes_and_parity(sparse_onnx):
+    x = _inputs()
+    times, outputs = ds.bench(sparse_onnx, x, 2, 1, 3, 0.0)
+    ref = ort_rt.load(sparse_onnx, 2)(x)
+    assert len(times) >= 3 and all(t > 0 for t in times)
+    assert np.abs(outputs[0] - ref[0]).max() < 1e-3
+    assert sparse_onnx.read_bytes()[:4] != b""  # DeepSparse got a copy, the original is intact
+    import onnx
+
+    onnx.checker.check_model(str(sparse_onnx))
+
+
+def test_deepsparse_fallback_fails_loudly(sparse_onnx, tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = -c ]; then echo 1.8.0; exit 0; fi\necho 'DeepSparse Optimized runtime disabled - Detected dynamic input input_ids dim 1' >&2\nexit 0\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("P2D_DEEPSPARSE_PYTHON", str(fake))
+    ds._probe.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="fell back"):
+            ds.bench(sparse_onnx, _inputs(), 2, 0, 1, 0.0)
+    finally:
+        ds._probe.cache_clear()
+
+
+def test_openvino_fp32_matches_ort(sparse_onnx):
+    rt = get_runtime("openvino")
+    x = _inputs()
+    times, outputs = rt.bench(sparse_onnx, x, 2, 1, 3, 0.0)
+    ref = ort_rt.load(sparse_onnx, 2)(x)
+    assert np.abs(outputs[0] - ref[0]).max() < 1e-3 and len(times) >= 3
+
+
+def test_bench_any_onnx_file_cli(sparse_onnx, tmp_path):
+    res = p2d("bench", sparse_onnx, "--dense", sparse_onnx, "--runtime", "onnxruntime,deepsparse", "--batch-sizes", "1", "--seq-lens", "32", "--out", tmp_path / "b")
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert {(r["runtime"], r["model"]) for r in rows} == {("onnxruntime", "dense"), ("onnxruntime", "sparse"), ("deepsparse", "dense"), ("deepsparse", "sparse")}
+    assert all("p50_ms" in r and r["max_abs_diff"] < 1e-3 for r in rows)
+    assert all(r["speedup_vs_best_dense"] is not None for r in rows)
+    assert (tmp_path / "b" / "bench.md").read_text().count("\n") == 2 + len(rows)
+
+
+def test_bench_bad_inputs(sparse_onnx, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    assert_user_error(p2d("bench", bad), "not a readable ONNX model")
+    assert_user_error(p2d("bench", sparse_onnx, "--runtime", "tensorflow"), "unknown runtime 'tensorflow'")
+    assert_user_error(p2d("bench", sparse_onnx, "--seq-lens", "600", "--runtime", "onnxruntime"), "cannot run on inputs")
+    assert_user_error(p2d("bench", tmp_path / "nope.onnx"), "ONNX file not found")
