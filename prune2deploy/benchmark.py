@@ -13,7 +13,7 @@ def fixed_inputs(tokenizer, samples: list[tuple[str, str | None]], batch_size: i
     rows = [samples[i % len(samples)] for i in range(batch_size)]
     first = [a for a, _ in rows]
     second = [b for _, b in rows] if rows[0][1] is not None else None
-    enc = tokenizer(first, second, padding="max_length", truncation="only_second" if second else True, max_length=seq_len, return_tensors="np")
+    enc = tokenizer(first, second, padding="max_length", truncation="longest_first", max_length=seq_len, return_tensors="np")
     return {k: v.astype(np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 

@@ -27,8 +27,11 @@ def _guard(fn: Callable[[], object]) -> None:
     except OSError as e:
         if STATE["debug"]:
             raise
+        import errno
+
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"p2d: error: {e.strerror or e}{where}", file=sys.stderr)
+        hint = "; free some space or point --out at another disk (nothing half-written was kept)" if e.errno == errno.ENOSPC else ""
+        print(f"p2d: error: {e.strerror or e}{where}{hint}", file=sys.stderr)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         print("p2d: interrupted", file=sys.stderr)
@@ -202,13 +205,61 @@ def verify(artifact: Path = typer.Argument(..., help="An artifact dir made by `p
 
 
 @app.command()
+def sweep(
+    task: str = typer.Argument(..., help="Task name (see `p2d tasks`)."),
+    sparsity: str = typer.Option("0.5,0.7,0.8,0.9,0.95", "--sparsity", "-s", help="Comma-separated target sparsities."),
+    method: str = typer.Option("gmp", "--method", "-m", help="Comma-separated methods (see `p2d methods`)."),
+    profile: str = typer.Option("default", "--profile", "-p", help="smoke | default | paper"),
+    root: Path = typer.Option(Path("runs"), "--root", help="Where the point run dirs go (<root>/<task>-<method>-<sparsity>)."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r"),
+    recipe_file: Optional[Path] = typer.Option(None, "--recipe"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field for every point."),
+    force: bool = typer.Option(False, "--force", help="Reuse run dirs made for another config."),
+) -> None:
+    """Run the pipeline at several sparsities (and methods), sharing the teacher; re-run resumes."""
+    bad = {"n": 0}
+
+    def go():
+        from .sweep import parse_list, plan_points, run_sweep
+
+        overrides = _overrides(sets, **{"model": model, "data.data_dir": data_dir, "bench.runtimes": runtime})
+        points = plan_points(task, profile, parse_list(sparsity, "sparsity", float), parse_list(method, "method"), overrides, recipe_file)
+        summary = run_sweep(points, root, force=force)
+        bad["n"] = sum(p["status"] != "done" for p in summary["points"])
+        print(f"sweep summary: {summary['path']}")
+
+    _guard(go)
+    if bad["n"]:
+        print(f"FAIL {bad['n']} sweep point(s) failed; see the log above", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished run dirs (e.g. runs/squad-*)."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML page; PNGs go beside it."),
+) -> None:
+    """One self-contained HTML page over runs: metric/latency vs sparsity, Pareto front, tables."""
+
+    def go():
+        from .html_report import write_report
+
+        res = write_report(run_dirs, out)
+        print(f"wrote {res['html']} ({res['runs']} runs; charts: {', '.join(res['pngs'])})")
+
+    _guard(go)
+
+
+@app.command()
 def tasks() -> None:
     """List registered tasks and where their data comes from."""
     from .tasks.registry import get_task, task_names
 
     for name in task_names():
         t = get_task(name)
-        print(f"{name:18s} {t.metric:10s} {t.source}")
+        print(f"{name:16s} {t.metric:9s} len {t.max_length:<4d} {t.export_task:20s} {t.source}")
 
 
 @app.command()

@@ -48,6 +48,17 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def inside(root: str | Path, rel: str | Path, what: str = "path") -> Path:
+    """`root / rel`, refusing a path (from a record or manifest) that escapes `root`."""
+    from .errors import UserError
+
+    root_r = Path(root).resolve()
+    full = (root_r / rel).resolve()
+    if full != root_r and root_r not in full.parents:
+        raise UserError(f"{what} '{rel}' points outside {root}; refusing to follow it (edited record?)")
+    return full
+
+
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a fully written temp dir into place, removing what stood there before."""
     old = final_dir.with_name(final_dir.name + ".old")

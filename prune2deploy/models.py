@@ -56,6 +56,26 @@ def load_config(model: str):
     return config
 
 
+def check_weights(model: str) -> None:
+    """For a local model dir: safetensors weights exist and their headers parse (cheap, no tensors read)."""
+    root = Path(model)
+    if not root.is_dir():
+        return  # a hub id: transformers fetches and checks it
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in root.glob("*.bin")) + sorted(p.name for p in root.glob("*.pt"))
+        hint = f" (found {pickles[0]}: pickle files are never loaded; convert it to safetensors)" if pickles else ""
+        raise UserError(f"model dir {model} has no .safetensors weights{hint}")
+    from safetensors import safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike mean "corrupt"
+            raise UserError(f"corrupt safetensors file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 

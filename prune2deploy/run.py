@@ -158,12 +158,14 @@ def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) ->
 
 def preflight(recipe: Recipe) -> None:
     """Fail on a bad model, teacher or data before anything is written."""
-    from .models import load_config, resolve_model
+    from .models import check_weights, load_config, resolve_model
     from .tasks.registry import get_task
 
-    load_config(resolve_model(recipe.model))
-    if recipe.teacher.path:
-        load_config(resolve_model(recipe.teacher.path))
+    for spec in (recipe.model, recipe.teacher.path):
+        if spec:
+            path = resolve_model(spec)
+            load_config(path)
+            check_weights(path)
     get_task(recipe.task).load(recipe)
     from .runtimes.registry import resolve
 

@@ -56,6 +56,32 @@ def test_not_a_model(tmp_path):
     assert_user_error(res, "not a BERT-family")
 
 
+def _tiny_bert_dir(d):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(d)
+    return d
+
+
+def test_corrupt_or_pickle_only_weights(tmp_path):
+    d = _tiny_bert_dir(tmp_path / "m")
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--model", d, "--out", tmp_path / "run")
+    assert_user_error(res, "corrupt safetensors", "model.safetensors")
+    assert not (tmp_path / "run").exists()
+    (d / "model.safetensors").unlink()
+    (d / "pytorch_model.bin").write_bytes(b"not loaded")
+    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--model", d, "--out", tmp_path / "run")
+    assert_user_error(res, "no .safetensors", "pytorch_model.bin")
+
+
+def test_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a dir")
+    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--out", blocker / "run")
+    assert_user_error(res, "cannot write to run dir")
+
+
 def test_missing_data_files(tmp_path):
     res = p2d("run", "squad", "--profile", "smoke", "--data-dir", tmp_path, "--out", tmp_path / "run")
     assert_user_error(res, "SQuAD file not found", "train-v1.1.json")

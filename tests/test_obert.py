@@ -115,3 +115,19 @@ def test_chunked_equals_unchunked():
         out.append({n: m.weight.detach().clone() for n, m in mods.items()})
     for n in out[0]:
         assert torch.allclose(out[0][n], out[1][n], atol=1e-5)
+
+
+@pytest.mark.parametrize("group", [1, 7, 32, 64])
+def test_accumulated_inverse_equals_rank_one_chain_and_direct_inverse(group):
+    torch.manual_seed(1)
+    d, B, m, damp = 120, 10, 50, 1e-3
+    grads = [obert.blocks_of(torch.randn(d), B) for _ in range(m)]
+    one = obert.init_inverse(d // B, B, damp)
+    for g in grads:
+        obert.rank_one_update_(one, g, m)
+    grouped = obert.fisher_inverse(iter(grads), d // B, B, damp, m, group=group)
+    G = torch.stack(grads)  # (m, n, B)
+    for b in range(d // B):
+        direct = torch.linalg.inv(damp * torch.eye(B) + G[:, b, :].T @ G[:, b, :] / m)
+        assert torch.allclose(grouped[b], direct, rtol=1e-3, atol=1e-3 * direct.abs().max())
+        assert torch.allclose(grouped[b], one[b], rtol=1e-3, atol=1e-3 * direct.abs().max())

@@ -1,10 +1,17 @@
 """The Optimal BERT Surgeon (oBERT, Kurtic et al. 2022): second-order pruning with a
 block-diagonal empirical Fisher.
 
-For every block of B consecutive weights of each prunable tensor we keep the inverse of
-    F = lambda * I + (1/m) * sum_i g_i g_i^T
-built from F^-1 = I / lambda by m Sherman-Morrison rank-one updates (never a d x d matrix:
-memory is d * B). Saliency of weight q: w_q^2 / (2 [F^-1]_qq). After the global or per-layer
+For every block of B consecutive weights of each prunable tensor we need the inverse of
+    F = lambda * I + (1/m) * sum_i g_i g_i^T          (never a d x d matrix: memory d * B).
+The paper builds it by m Sherman-Morrison rank-one updates from F^-1 = I / lambda
+(`rank_one_update_`, kept as the reference the tests hold this to). On a CPU that chain is
+memory-bound: each update reads and writes the whole d x B inverse (2 GB for MiniLM-L6's
+encoder at B = 50), 1.6 s per gradient here. We accumulate F instead, k gradients per
+batched matmul (`accumulate_`, no cancellation: a sum of PSD terms, float32), and invert it
+once per block in float64 (`invert_`): the same matrix (tested against the rank-one chain
+and a direct inverse), with a cost that no longer grows with m (about 14 s for MiniLM-L6,
+whatever m; the paper's m = 1024 would cost 1,600 s per pruning step the other way).
+Saliency of weight q: w_q^2 / (2 [F^-1]_qq). After the global or per-layer
 selection, the surviving weights of each block get the OBS update for the set Q of pruned
 weights in it:  dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q,  then the masks are applied.
 
@@ -32,16 +39,35 @@ def blocks_of(t: torch.Tensor, block: int) -> torch.Tensor:
     return flat.view(-1, block)
 
 
-def fisher_inverse(grads: Iterable[torch.Tensor], n_blocks: int, block: int, damp: float, m: int, device=None) -> torch.Tensor:
-    """Block-diagonal inverse empirical Fisher from m gradients, by Sherman-Morrison updates.
-
-    `grads` yields (n_blocks, block) tensors. F_k = F_{k-1} + g g^T / m, so
-    F_k^-1 = F_{k-1}^-1 - (F_{k-1}^-1 g)(F_{k-1}^-1 g)^T / (m + g^T F_{k-1}^-1 g).
-    """
-    finv = init_inverse(n_blocks, block, damp, device)
+def fisher_inverse(grads: Iterable[torch.Tensor], n_blocks: int, block: int, damp: float, m: int, device=None, group: int = 32) -> torch.Tensor:
+    """Block-diagonal inverse empirical Fisher from m gradients ((n_blocks, block) tensors)."""
+    f = init_fisher(n_blocks, block, damp, device)
+    pending: list[torch.Tensor] = []
     for g in grads:
-        rank_one_update_(finv, g, m)
-    return finv
+        pending.append(g)
+        if len(pending) == group:
+            accumulate_(f, torch.stack(pending, -1), m)
+            pending = []
+    if pending:
+        accumulate_(f, torch.stack(pending, -1), m)
+    return invert_(f)
+
+
+def init_fisher(n_blocks: int, block: int, damp: float, device=None) -> torch.Tensor:
+    return torch.eye(block, device=device).repeat(n_blocks, 1, 1) * damp
+
+
+def accumulate_(f: torch.Tensor, g: torch.Tensor, m: int) -> None:
+    """In place: F += G G^T / m per block; G is (n_blocks, B, k), k gradients at once."""
+    g = g.to(f.device, torch.float32)
+    f.baddbmm_(g, g.transpose(1, 2), alpha=1.0 / m)
+
+
+def invert_(f: torch.Tensor, rows: int = 16384) -> torch.Tensor:
+    """In place, per block: F <- F^-1, computed in float64 on slices of `rows` blocks."""
+    for i in range(0, f.shape[0], rows):
+        f[i : i + rows] = torch.linalg.inv(f[i : i + rows].double()).to(f.dtype)
+    return f
 
 
 def init_inverse(n_blocks: int, block: int, damp: float, device=None) -> torch.Tensor:
@@ -60,19 +86,21 @@ def saliency(w_blocks: torch.Tensor, finv: torch.Tensor) -> torch.Tensor:
     return w_blocks.pow(2) / (2.0 * torch.diagonal(finv, dim1=-2, dim2=-1))
 
 
-def obs_update(w_blocks: torch.Tensor, finv: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+def obs_update(w_blocks: torch.Tensor, finv: torch.Tensor, pruned: torch.Tensor, rows: int = 16384) -> torch.Tensor:
     """dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q per block, Q = `pruned` (bool, (n, B)).
 
     Batched over blocks with a varying Q: A = [F^-1]_QQ on Q x Q and the identity elsewhere,
-    rhs = w on Q and 0 elsewhere, so x = A^-1 rhs vanishes off Q and dw = -F^-1 x.
+    rhs = w on Q and 0 elsewhere, so x = A^-1 rhs vanishes off Q and dw = -F^-1 x. Slices of
+    `rows` blocks keep the B x B temporaries small.
     """
-    q = pruned.float()
-    qq = q.unsqueeze(-1) * q.unsqueeze(-2)
-    eye = torch.eye(w_blocks.shape[1], device=w_blocks.device).expand_as(finv)
-    a = finv * qq + eye * (1.0 - q).unsqueeze(-1)
-    rhs = (w_blocks * q).unsqueeze(-1)
-    x = torch.linalg.solve(a, rhs)
-    return -torch.bmm(finv, x).squeeze(-1)
+    out = torch.empty_like(w_blocks)
+    eye = torch.eye(w_blocks.shape[1], device=w_blocks.device)
+    for i in range(0, w_blocks.shape[0], rows):
+        f, q = finv[i : i + rows], pruned[i : i + rows].float()
+        a = f * (q.unsqueeze(-1) * q.unsqueeze(-2)) + eye * (1.0 - q).unsqueeze(-1)
+        x = torch.linalg.solve(a, (w_blocks[i : i + rows] * q).unsqueeze(-1))
+        out[i : i + rows] = -torch.bmm(f, x).squeeze(-1)
+    return out
 
 
 def _chunks(modules: dict, block: int, chunk_bytes: int) -> list[list[str]]:
@@ -93,6 +121,7 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
     """Raise the masks of `modules` to `sparsity` by oBERT saliency, with the OBS weight update."""
     cfg = ctx["obert"]
     block, damp, m = cfg["block_size"], cfg["damp"], cfg["num_grads"]
+    group = max(1, min(m, cfg.get("group", 32)))
     gradients: Callable[[list[str]], Iterable[dict[str, torch.Tensor]]] = ctx["gradients"]
     for name, mod in modules.items():
         if block > mod.weight.numel():
@@ -102,15 +131,26 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
 
     def finv_for(names: list[str]) -> dict[str, torch.Tensor]:
         """Stream the m gradients once, updating every tensor of the chunk."""
-        finvs = {n: init_inverse(blocks_of(modules[n].weight, block).shape[0], block, damp, modules[n].weight.device) for n in names}
+        fs = {n: init_fisher(blocks_of(modules[n].weight, block).shape[0], block, damp, modules[n].weight.device) for n in names}
         count = 0
+        pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+        def flush():
+            for n in names:
+                if pending[n]:
+                    accumulate_(fs[n], torch.stack(pending[n], -1), m)
+                    pending[n] = []
+
         for g in gradients(names):
             count += 1
             for n in names:
-                rank_one_update_(finvs[n], blocks_of(g[n], block), m)
+                pending[n].append(blocks_of(g[n], block))
+            if count % group == 0:
+                flush()
+        flush()
         if count != m:
             raise RuntimeError(f"oBERT expected {m} gradients, got {count}")
-        return finvs
+        return {n: invert_(f) for n, f in fs.items()}
 
     scores = {}
     for names in chunks:

@@ -17,6 +17,7 @@ import torch
 
 from ..benchmark import fixed_inputs
 from ..errors import VerificationError
+from ..files import inside
 from ..models import load_model, load_tokenizer
 from ..onnx_sparsity import require_ok, verify
 from ..pruning import masks as M
@@ -57,7 +58,7 @@ def parity(model, onnx_path: Path, inputs: dict[str, np.ndarray], threads: int) 
 def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, _ = setup(recipe)
     _, dev, _ = task.load(recipe)
-    sparse_dir = run_dir / upstream["prune"]["result"]["model_dir"]
+    sparse_dir = inside(run_dir, upstream["prune"]["result"]["model_dir"], "prune record model_dir")
     dense_dir = upstream["teacher"]["result"]["model_dir"]
     export_onnx(sparse_dir, task, recipe.export.opset, out / "model.onnx")
     export_onnx(dense_dir, task, recipe.export.opset, out / "dense.onnx")
@@ -66,7 +67,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     sparse = load_model(sparse_dir, task.auto_class, task.num_labels)
     sparse.config.save_pretrained(out)
 
-    masks = M.load_masks(run_dir / upstream["prune"]["result"]["masks"])
+    masks = M.load_masks(inside(run_dir, upstream["prune"]["result"]["masks"], "prune record masks"))
     params = dict(sparse.named_parameters())
     weights = {k: params[k].detach().numpy() for k in masks}
     report = verify(out / "model.onnx", weights, {k: v.numpy() for k, v in masks.items()})

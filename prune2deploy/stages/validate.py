@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import write_json_atomic
+from ..files import inside, write_json_atomic
 from ..models import load_model, load_tokenizer
 from .common import setup
 
@@ -17,7 +17,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, _ = setup(recipe)
     _, dev, info = task.load(recipe)
     dense_dir = upstream["teacher"]["result"]["model_dir"]
-    sparse_dir = str(run_dir / upstream["prune"]["result"]["model_dir"])
+    sparse_dir = str(inside(run_dir, upstream["prune"]["result"]["model_dir"], "prune record model_dir"))
     metrics = {}
     for label, model_dir, fname in (("dense", dense_dir, "predictions_dense.json"), ("sparse", sparse_dir, "predictions.json")):
         tokenizer = load_tokenizer(model_dir)

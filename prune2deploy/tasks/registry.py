@@ -25,15 +25,18 @@ class Task:
     evaluate: Callable[..., tuple[dict, Any]]
     # sample_texts(examples, n) -> a list of (text, text_pair|None) for parity checks and bench
     sample_inputs: Callable[..., list[tuple[str, str | None]]]
+    max_length: int = 128  # the default sequence length its pipelines use (the recipe sets it)
 
 
 def _tasks() -> dict[str, Task]:
-    from . import classification, squad
+    from . import bbc_news, classification, glue, squad
 
     return {
         "squad": squad.TASK,
         "rotten_tomatoes": classification.ROTTEN_TOMATOES,
         "imdb": classification.IMDB,
+        "bbc_news": bbc_news.TASK,
+        **glue.TASKS,  # sst2, mnli, qqp, qnli, mrpc, rte
     }
 
 

@@ -227,6 +227,7 @@ TASK = Task(
     export_task="question-answering",
     metric="f1",
     output_names=("start_logits", "end_logits"),
+    max_length=384,
     num_labels=None,
     load=load,
     train_features=train_features,

