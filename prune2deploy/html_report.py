@@ -89,6 +89,7 @@ def chart_metric(pts: list[dict], path: Path) -> None:
         dense = [p["dense"] for p in tp if p["dense"] is not None]
         if dense:
             ax.axhline(sum(dense) / len(dense), color="gray", ls="--", label="dense")
+        ax.set_xlim(0, 1)
         ax.set_xlabel("encoder sparsity")
         ax.set_ylabel(tp[0]["metric"] if tp else "metric")
         ax.set_title(task)
@@ -118,6 +119,7 @@ def chart_latency(rows: list[dict], path: Path) -> tuple[int, int] | None:
             xs = sorted(pts)
             ax.plot(xs, [min(pts[x]) for x in xs], "o-", label=f"{rt[0]} ({rt[1]})")
         ax.set_title(f"p50 latency, batch {shape[0]}, seq {shape[1]}")
+    ax.set_xlim(-0.02, 1)
     ax.set_xlabel("encoder sparsity")
     ax.set_ylabel("p50 ms")
     ax.grid(alpha=0.3)
@@ -137,7 +139,7 @@ def chart_pareto(rows: list[dict], path: Path) -> list[tuple[float, float]]:
         ax.scatter([r["p50_ms"] for r in rs], [r["metric_value"] for r in rs], marker=marker, label=label, alpha=0.7)
     front = pareto([(r["p50_ms"], r["metric_value"]) for r in sel])
     if front:
-        ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto front")
+        ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, marker="o", ms=11, mfc="none", label="Pareto front")
     ax.set_xlabel(f"p50 ms (batch {shape[0]}, seq {shape[1]})" if shape else "p50 ms")
     ax.set_ylabel(sel[0]["metric"] if sel else "metric")
     ax.set_title("accuracy vs latency (every runtime, every run)")

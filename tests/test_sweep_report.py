@@ -86,3 +86,10 @@ def test_report_renders_in_headless_chromium(sweep, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10000
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from prune2deploy.html_report import pareto
+
+    pts = [(1.0, 50.0), (2.0, 60.0), (3.0, 55.0), (0.5, 40.0), (2.5, 60.0), (1.0, 45.0)]
+    assert pareto(pts) == [(0.5, 40.0), (1.0, 50.0), (2.0, 60.0)]
