@@ -78,6 +78,7 @@ def run(
     threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for training and bench (0: all)."),
     recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="A pipeline YAML other than pipelines/<task>.yaml."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Bench runtimes, comma-separated, or 'auto' (see `p2d runtimes`)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="'int8': also ship a sparse INT8 graph (zeros kept, accuracy re-measured)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field: --set prune.lr=1e-4"),
     force: bool = typer.Option(False, "--force", help="Reuse a run dir made for another config."),
 ) -> None:
@@ -87,7 +88,7 @@ def run(
         from .recipe import load_recipe
         from .run import default_run_dir, run_pipeline
 
-        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads, "bench.runtimes": runtime})
+        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads, "bench.runtimes": runtime, "export.quantize": quantize})
         recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)
         run_pipeline(recipe, out or default_run_dir(recipe), force=force)
 
@@ -174,13 +175,14 @@ def package(
     out: Path = typer.Option(..., "--out", "-o", help="Artifact dir to create (must not exist or be empty)."),
     fmt: str = typer.Option("plain", "--format", help="plain | triton"),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default <task>-<method>-<sparsity%>)."),
+    int8: bool = typer.Option(False, "--int8", help="Ship the sparse INT8 graph (a run made with --quantize int8)."),
 ) -> None:
     """Package a run's sparse ONNX with tokenizer, manifest and model card."""
 
     def go():
         from .ship.package import package as do_package
 
-        path = do_package(run_dir, out, fmt, name)
+        path = do_package(run_dir, out, fmt, name, int8=int8)
         print(f"wrote {path}")
 
     _guard(go)
@@ -214,6 +216,7 @@ def sweep(
     model: Optional[str] = typer.Option(None, "--model"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="'int8': also a sparse INT8 graph per point."),
     recipe_file: Optional[Path] = typer.Option(None, "--recipe"),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field for every point."),
     force: bool = typer.Option(False, "--force", help="Reuse run dirs made for another config."),
@@ -224,7 +227,7 @@ def sweep(
     def go():
         from .sweep import parse_list, plan_points, run_sweep
 
-        overrides = _overrides(sets, **{"model": model, "data.data_dir": data_dir, "bench.runtimes": runtime})
+        overrides = _overrides(sets, **{"model": model, "data.data_dir": data_dir, "bench.runtimes": runtime, "export.quantize": quantize})
         points = plan_points(task, profile, parse_list(sparsity, "sparsity", float), parse_list(method, "method"), overrides, recipe_file)
         summary = run_sweep(points, root, force=force)
         bad["n"] = sum(p["status"] != "done" for p in summary["points"])

@@ -81,6 +81,7 @@ class ExportConfig:
     opset: int = 14  # DeepSparse runs the whole graph only at opset 14
     atol: float = 1e-3  # max |onnx - torch| on logits
     parity_examples: int = 8
+    quantize: str = "none"  # none | int8 (ORT dynamic, per-channel symmetric INT8 weights: zeros stay zero)
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,9 @@ def load_recipe(
 def validate(r: Recipe) -> None:
     from .pruning.registry import method_names
     from .tasks.registry import get_task
+
+    if r.export.quantize not in ("none", "int8"):
+        raise UserError(f"--quantize must be 'none' or 'int8', got '{r.export.quantize}'")
 
     task = get_task(r.task)
     p = r.prune

@@ -15,7 +15,7 @@ def build_report(recipe, run_dir: Path) -> dict:
         path = run_dir / stage / "stage.json"
         return read_json(path)["result"] if path.is_file() else {}
 
-    teacher, prune, validate, export, bench = (rec(s) for s in ("teacher", "prune", "validate", "export", "bench"))
+    teacher, prune, validate, export, quantize, bench = (rec(s) for s in ("teacher", "prune", "validate", "export", "quantize", "bench"))
     return {
         "task": recipe.task,
         "model": recipe.model,
@@ -30,6 +30,7 @@ def build_report(recipe, run_dir: Path) -> dict:
         "sparsity": {"encoder": prune.get("sparsity", {}).get("encoder"), "scope": prune.get("scope"), "per_layer": prune.get("sparsity", {}).get("per_layer", {})},
         "schedule": {k: prune.get(k) for k in ("epochs", "epoch_scale", "total_steps", "prune_steps")},
         "onnx": {k: export.get(k) for k in ("path", "dense_path", "opset", "encoder_sparsity", "max_abs_diff", "atol")},
+        "quantize": quantize if quantize.get("quantize", "none") != "none" else None,
         "bench": bench.get("rows", []),
         "bench_threads": bench.get("threads"),
         "bench_load": bench.get("load"),
@@ -50,18 +51,22 @@ def summary_table(report: dict) -> Table:
         t.add_row(metric, f"{d:.2f}", f"{s:.2f}", f"{s / d:.1%}" if d else "-")
     if "exact_match" in report["metrics"]["dense"]:
         t.add_row("exact_match", f"{report['metrics']['dense']['exact_match']:.2f}", f"{report['metrics']['sparse']['exact_match']:.2f}", "")
+    q = report.get("quantize") or {}
+    qm = (q.get("metrics") or {}).get("sparse_int8", {}).get(metric)
+    if qm is not None and d:
+        t.add_row(f"{metric} sparse INT8 (ONNX Runtime)", "", f"{qm:.2f}", f"{qm / d:.1%}")
     enc = report["sparsity"].get("encoder")
     onnx_s = report["onnx"].get("encoder_sparsity")
     if enc is not None:
         t.add_row("encoder sparsity (torch / onnx)", "0", f"{enc:.4f} / {onnx_s:.4f}" if onnx_s is not None else f"{enc:.4f}", "")
     rows = [r for r in report.get("bench") or [] if "p50_ms" in r]
     for r in rows:
-        if r["model"] != "sparse":
+        if r["model"] == "dense":
             continue
         dense = next((x for x in rows if x["model"] == "dense" and x["runtime"] == r["runtime"] and x["batch_size"] == r["batch_size"] and x["seq_len"] == r["seq_len"]), None)
         if dense:
             best = f" (best dense: {r['speedup_vs_best_dense']:.2f}x)" if r.get("speedup_vs_best_dense") else ""
-            t.add_row(f"p50 ms {r['runtime']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}", f"{dense['p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}")
+            t.add_row(f"p50 ms {r['runtime']} {r['model']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}", f"{dense['p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}")
     return t
 
 

@@ -23,14 +23,15 @@ from .progress import log
 from .recipe import Recipe
 from .stages.common import checkpoint_path
 
-STAGES = ("teacher", "prune", "validate", "export", "bench")
-DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "bench": ("export",)}
+STAGES = ("teacher", "prune", "validate", "export", "quantize", "bench")
+DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "quantize": ("export",), "bench": ("export", "quantize")}
 # Which recipe fields each stage reads (its cache key), besides its upstream outputs.
 READS = {
     "teacher": ("task", "model", "seed", "precision", "attention_dropout", "data", "teacher"),
     "prune": ("task", "model", "seed", "precision", "attention_dropout", "data", "prune"),
     "validate": ("task", "data"),
     "export": ("task", "export"),
+    "quantize": ("task", "data", "export", "threads"),
     "bench": ("task", "data", "bench", "threads"),
 }
 
@@ -88,9 +89,11 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, force: bool = False) -> None:
         raise UserError(f"cannot write to run dir {run_dir}: {e.strerror}") from None
     path = run_dir / "recipe.json"
     if path.is_file() and not force:
-        try:
-            old = read_json(path)
-        except ValueError:
+        try:  # fill fields added since (their defaults) so an older run dir still matches
+            from .recipe import _build
+
+            old = json.loads(json.dumps(_build(Recipe, read_json(path), str(path)).to_dict()))
+        except (ValueError, UserError, TypeError):
             old = None
         new = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, as read back
         if old != new:

@@ -93,12 +93,15 @@ def model_card(report: dict, name: str) -> str:
     lines += ["", f"Encoder sparsity (verified in the ONNX graph): {report['onnx'].get('encoder_sparsity', 0):.4f}", "",
               "| runtime | precision | model | batch | seq | p50 ms | p90 ms | items/s |", "|---|---|---|---|---|---|---|---|"]
     for r in report.get("bench") or []:
+        if "p50_ms" not in r:
+            lines.append(f"| {r['runtime']} | {r.get('precision', '')} | {r['model']} | {r['batch_size']} | {r['seq_len']} | failed: {r.get('error', '')[:60]} | | |")
+            continue
         lines.append(f"| {r['runtime']} | {r.get('precision', '')} | {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput']:.1f} |")
     lines += ["", f"Primary metric: {metric}. Verify this artifact with `p2d verify <dir>`.", ""]
     return "\n".join(lines)
 
 
-def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = None) -> Path:
+def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = None, int8: bool = False) -> Path:
     from ..run import load_run_recipe
     from ..tasks.registry import get_task
 
@@ -111,7 +114,20 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
         raise UserError(f"{run_dir}: no finished run (report.json and export/model.onnx needed); run `p2d run` first")
     report = read_json(report_path)
     export_rec = read_json(export_dir / "stage.json")["result"]
-    name = name or f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}"
+    source = export_dir / "model.onnx"
+    initializers = {k: {"onnx_name": v["onnx_name"], "zeros": v["onnx_zeros"], "numel": v["numel"]} for k, v in export_rec["per_tensor"].items()}
+    encoder_sparsity = export_rec["encoder_sparsity"]
+    if int8:  # the sparse INT8 graph of the quantize stage, with its own verified zero counts
+        qjson = run_dir / "quantize" / "quantize.json"
+        q = read_json(qjson) if qjson.is_file() else {}
+        if q.get("quantize") != "int8":
+            raise UserError(f"{run_dir}: no INT8 model; run with --quantize int8 first")
+        source = run_dir / "quantize" / "model.int8.onnx"
+        qt = q["zeros"]["tensors"]
+        initializers = {k: {"onnx_name": f"{v['onnx_name']}_quantized", "zeros": qt[v["onnx_name"]]["zeros_int8"], "numel": v["numel"]}
+                        for k, v in initializers.items() if v["onnx_name"] in qt}
+        encoder_sparsity = q["zeros"]["encoder_sparsity_int8"]
+    name = name or f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}" + ("-int8" if int8 else "")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --out")
@@ -126,7 +142,7 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
         else:
             model_rel = "model.onnx"
         (tmp / model_rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(export_dir / "model.onnx", tmp / model_rel)
+        shutil.copy2(source, tmp / model_rel)
         inputs, outputs = graph_io(tmp / model_rel)
         if fmt == "triton":
             (tmp / f"model_repository/{name}/config.pbtxt").write_text(triton_config(name, inputs, outputs))
@@ -144,9 +160,10 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
             "name": name, "format": fmt, "model": model_rel,
             "prune2deploy": __version__, "git_commit": git_commit(), "versions": versions(),
             "task": recipe.task, "metric": report.get("metric"), "metrics": report["metrics"],
-            "target_sparsity": recipe.prune.target_sparsity, "encoder_sparsity": export_rec["encoder_sparsity"],
+            "target_sparsity": recipe.prune.target_sparsity, "encoder_sparsity": encoder_sparsity, "precision": "int8" if int8 else "fp32",
             "per_layer_sparsity": report["sparsity"]["per_layer"],
-            "onnx_initializers": {k: {"onnx_name": v["onnx_name"], "zeros": v["onnx_zeros"], "numel": v["numel"]} for k, v in export_rec["per_tensor"].items()},
+            "onnx_initializers": initializers,
+            "quantize": report.get("quantize"),
             "inputs": inputs, "outputs": outputs, "bench": report.get("bench"), "recipe": recipe.to_dict(),
             "reference": {"file": "samples.npz", "atol": 1e-4},
             "files": hash_dir(tmp),

@@ -51,7 +51,8 @@ def bench_models(models: dict[str, dict], inputs_for, bench_cfg, threads: int, a
             refs[(label, b, s)] = reference(label, inputs)
         source = models[label]["hf" if rt.format == "hf" else "onnx"]
         kw = {"auto_class": auto_class} if rt.format == "hf" else {}
-        row = {"runtime": rt.name, "precision": rt.precision, "device": rt.device, "model": label, "batch_size": b, "seq_len": s, "threads": threads}
+        precision = models[label].get("precision", rt.precision)  # an INT8 graph is INT8 on any runtime
+        row = {"runtime": rt.name, "precision": precision, "device": rt.device, "model": label, "batch_size": b, "seq_len": s, "threads": threads}
         try:
             times, outputs = rt.bench(source, inputs, threads, bench_cfg.warmup, bench_cfg.iters, bench_cfg.min_time_s, **kw)
         except RuntimeError as e:
@@ -60,8 +61,8 @@ def bench_models(models: dict[str, dict], inputs_for, bench_cfg, threads: int, a
             continue
         diff = max(float(np.abs(np.asarray(o, dtype=np.float32) - r).max()) for o, r in zip(outputs, refs[(label, b, s)]))
         row["max_abs_diff"] = round(diff, 6)
-        if diff > TOLERANCE[rt.precision]:
-            rows.append({**row, "error": f"outputs differ from PyTorch by {diff:.3g} (> {TOLERANCE[rt.precision]} for {rt.precision}); not timed"})
+        if diff > TOLERANCE[precision]:
+            rows.append({**row, "error": f"outputs differ from PyTorch by {diff:.3g} (> {TOLERANCE[precision]} for {precision}); not timed"})
             continue
         rows.append({**row, **summarize(times, b), "rss_mb": _rss_mb()})
     add_speedups(rows)
@@ -108,11 +109,13 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         sub = [r for r in ok if (r["batch_size"], r["seq_len"]) == shape]
-        names = sorted({f"{r['runtime']}\n{r['precision']}" for r in sub})
+        names = sorted({r["runtime"] for r in sub})
+        labels = [m for m in ("dense", "sparse", "sparse-int8") if any(r["model"] == m for r in sub)]
         x = np.arange(len(names))
-        for i, label in enumerate(("dense", "sparse")):
-            vals = [next((r["p50_ms"] for r in sub if f"{r['runtime']}\n{r['precision']}" == n and r["model"] == label), 0) for n in names]
-            ax.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=label)
+        width = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            vals = [next((r["p50_ms"] for r in sub if r["runtime"] == n and r["model"] == label), 0) for n in names]
+            ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=label)
         ax.set_xticks(x, names, fontsize=7)
         ax.set_ylabel("p50 latency (ms)")
         ax.set_title(f"batch {shape[0]}, seq {shape[1]}")
@@ -148,6 +151,9 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         "dense": {"onnx": export_dir / "dense.onnx", "hf": teacher_rec["result"]["model_dir"] if teacher_rec else None},
         "sparse": {"onnx": export_dir / "model.onnx", "hf": str(run_dir / "prune" / "model")},
     }
+    int8 = run_dir / "quantize" / "model.int8.onnx"
+    if recipe.export.quantize == "int8" and int8.is_file():  # checked against the fp32 sparse PyTorch model
+        models["sparse-int8"] = {"onnx": int8, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"}
     cache: dict = {}
 
     def inputs_for(b, s):
@@ -155,7 +161,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
             cache[(b, s)] = fixed_inputs(tokenizer, samples, b, s)
         return cache[(b, s)]
 
-    rows, skipped = bench_models(models, inputs_for, recipe.bench, threads, task.auto_class, lambda label, x: reference_outputs(models[label]["hf"], task.auto_class, x))
+    rows, skipped = bench_models(models, inputs_for, recipe.bench, threads, task.auto_class, lambda label, x: reference_outputs(models[label].get("ref") or models[label]["hf"], task.auto_class, x))
     write_json_atomic(out / "bench.json", rows)
     (out / "bench.md").write_text(markdown(rows))
     chart(rows, out / "bench.png", f"{recipe.task} · {recipe.prune.method} {recipe.prune.target_sparsity:g} · {threads} threads")

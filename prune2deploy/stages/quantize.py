@@ -1,0 +1,112 @@
+"""Stage 4b: sparse + INT8 (`export.quantize: int8`, CLI `--quantize int8`); a no-op otherwise.
+
+ONNX Runtime dynamic quantization of the exported sparse graph: the encoder's weight MatMuls
+get symmetric per-channel INT8 weights (zero point 0, so a pruned weight stays exactly 0) and
+activations are quantized on the fly. Then, before anything else trusts it:
+- sparsity, tensor by tensor: every weight that is zero in the verified fp32 graph is zero in
+  its INT8 twin (rounding may add a few zeros; those are counted, never hidden);
+- accuracy: the task's own evaluation on the same dev data, run through ONNX Runtime on the
+  INT8 graph (and on the fp32 graph, which must match the PyTorch sparse metric).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..errors import VerificationError
+from ..files import write_json_atomic
+from ..models import load_tokenizer
+from ..progress import log
+from .common import setup
+
+MODES = ("none", "int8")
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs a "consider pre-processing" hint on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def check_zeros_kept(fp32_path: Path, int8_path: Path, tensors: list[str]) -> dict:
+    """For each fp32 initializer in `tensors`: its INT8 twin (`<name>_quantized`) is zero
+    wherever it was zero. Returns per-tensor counts; raises VerificationError on a lost zero."""
+    from ..onnx_sparsity import load_initializers
+
+    f32, q8 = load_initializers(fp32_path), load_initializers(int8_path)
+    per, zeros, total, extra = {}, 0, 0, 0
+    for name in tensors:
+        qname = f"{name}_quantized"
+        if qname not in q8:
+            raise VerificationError(f"INT8 graph has no quantized twin of {name}")
+        w, q = f32[name], q8[qname]
+        if q.shape != w.shape:
+            raise VerificationError(f"{qname}: shape {q.shape} != {w.shape}")
+        lost = int(((w == 0) & (q != 0)).sum())
+        if lost:
+            raise VerificationError(f"{qname}: {lost} pruned weights became non-zero after quantization")
+        z = int((q == 0).sum())
+        per[name] = {"numel": int(q.size), "zeros_fp32": int((w == 0).sum()), "zeros_int8": z, "dtype": str(q.dtype)}
+        zeros, total, extra = zeros + z, total + int(q.size), extra + z - int((w == 0).sum())
+    return {"tensors": per, "encoder_sparsity_int8": zeros / total if total else 0.0, "extra_zeros_from_rounding": extra}
+
+
+class OnnxAsModel:
+    """Just enough of a transformers model for the tasks' evaluate(): eval(), __call__(**tensors)."""
+
+    def __init__(self, path: Path, threads: int, output_names: tuple[str, ...]):
+        from ..runtimes import onnxruntime as ort_rt
+
+        self.run = ort_rt.load(path, threads)
+        self.output_names = output_names
+
+    def eval(self):
+        return self
+
+    def __call__(self, **kw):
+        import torch
+
+        outs = self.run({k: v.cpu().numpy().astype(np.int64) for k, v in kw.items()})
+        return SimpleNamespace(**{n: torch.from_numpy(o) for n, o in zip(self.output_names, outs)})
+
+
+def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
+    mode = recipe.export.quantize
+    if mode == "none":
+        write_json_atomic(out / "quantize.json", {"quantize": "none"})
+        return {"quantize": "none"}
+    import torch
+
+    task, _ = setup(recipe)
+    export_dir = run_dir / "export"
+    fp32 = export_dir / "model.onnx"
+    quantize_int8(fp32, out / "model.int8.onnx")
+    for f in export_dir.iterdir():  # tokenizer and config beside the INT8 graph: a self-contained dir
+        if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
+            shutil.copy2(f, out / f.name)
+    checked = [t["onnx_name"] for t in upstream["export"]["result"]["per_tensor"].values() if t.get("onnx_name") and "[" not in t["onnx_name"]]
+    zeros = check_zeros_kept(fp32, out / "model.int8.onnx", checked)
+    log(f"quantize: {len(checked)} encoder weights INT8, zeros kept; sparsity {zeros['encoder_sparsity_int8']:.4f} (+{zeros['extra_zeros_from_rounding']} zeros from rounding)")
+
+    _, dev, _ = task.load(recipe)
+    tokenizer = load_tokenizer(str(export_dir))
+    threads = recipe.threads or torch.get_num_threads()
+    metrics = {}
+    for label, path in (("sparse_int8", out / "model.int8.onnx"), ("sparse_fp32_onnx", fp32)):
+        m, _ = task.evaluate(OnnxAsModel(path, threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}")
+        metrics[label] = m
+    write_json_atomic(out / "quantize.json", {"quantize": mode, "zeros": zeros, "metrics": metrics})
+    return {"quantize": mode, "path": "quantize/model.int8.onnx", "metrics": metrics, "encoder_sparsity_int8": zeros["encoder_sparsity_int8"],
+            "extra_zeros_from_rounding": zeros["extra_zeros_from_rounding"], "tensors": len(checked)}

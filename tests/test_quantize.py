@@ -1,0 +1,66 @@
+"""Sparse + INT8: zeros stay zero in the quantized graph, accuracy re-measured, INT8 benched."""
+
+import json
+
+import numpy as np
+import pytest
+
+from prune2deploy.errors import VerificationError
+from test_cli import assert_user_error, p2d
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("int8") / "run"
+    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--quantize", "int8", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_int8_keeps_zeros_and_reports_accuracy_and_latency(int8_run):
+    rec = json.loads((int8_run / "quantize" / "stage.json").read_text())["result"]
+    assert rec["quantize"] == "int8" and rec["tensors"] == 12  # 2 layers x 6 encoder Linears
+    assert rec["encoder_sparsity_int8"] >= 0.7 - 1e-6  # rounding may add zeros, never remove them
+    val = json.loads((int8_run / "validate" / "stage.json").read_text())["result"]
+    assert rec["metrics"]["sparse_fp32_onnx"]["accuracy"] == pytest.approx(val["sparse"]["accuracy"])  # same data, same model
+    assert 0 <= rec["metrics"]["sparse_int8"]["accuracy"] <= 100
+    report = json.loads((int8_run / "report.json").read_text())
+    assert report["quantize"]["metrics"]["sparse_int8"]
+    int8_rows = [r for r in report["bench"] if r["model"] == "sparse-int8"]
+    assert int8_rows and all(r["precision"] == "int8" for r in int8_rows)
+    assert any("p50_ms" in r for r in int8_rows)
+    from prune2deploy.onnx_sparsity import load_initializers
+
+    q = load_initializers(int8_run / "quantize" / "model.int8.onnx")
+    assert sum(1 for k, v in q.items() if k.endswith("_quantized") and v.dtype == np.int8) >= 12
+
+
+def test_a_lost_zero_is_caught(int8_run, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from prune2deploy.stages.quantize import check_zeros_kept
+
+    model = onnx.load(str(int8_run / "quantize" / "model.int8.onnx"))
+    init = next(t for t in model.graph.initializer if t.name.endswith("_quantized") and numpy_helper.to_array(t).dtype == np.int8)
+    arr = numpy_helper.to_array(init).copy()
+    arr.flat[int(np.flatnonzero(arr == 0)[0])] = 5
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(VerificationError, match="pruned weights became non-zero"):
+        check_zeros_kept(int8_run / "export" / "model.onnx", tmp_path / "bad.onnx", [init.name.removesuffix("_quantized")])
+
+
+def test_bad_quantize_value(tmp_path):
+    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--quantize", "int4", "--out", tmp_path / "r"), "--quantize must be")
+
+
+def test_package_int8_then_verify(int8_run, tmp_path):
+    art = tmp_path / "art"
+    res = p2d("package", int8_run, "--out", art, "--int8")
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and all(v["onnx_name"].endswith("_quantized") for v in manifest["onnx_initializers"].values())
+    res = p2d("verify", art)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_user_error(p2d("package", int8_run.parent / "nope", "--out", tmp_path / "a2", "--int8"), "")
