@@ -79,6 +79,7 @@ def run(
     recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="A pipeline YAML other than pipelines/<task>.yaml."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Bench runtimes, comma-separated, or 'auto' (see `p2d runtimes`)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="'int8': also ship a sparse INT8 graph (zeros kept, accuracy re-measured)."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="'2:4' (N:M semi-structured, with --sparsity 0.5) or 'unstructured'."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field: --set prune.lr=1e-4"),
     force: bool = typer.Option(False, "--force", help="Reuse a run dir made for another config."),
 ) -> None:
@@ -88,7 +89,7 @@ def run(
         from .recipe import load_recipe
         from .run import default_run_dir, run_pipeline
 
-        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads, "bench.runtimes": runtime, "export.quantize": quantize})
+        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads, "bench.runtimes": runtime, "export.quantize": quantize, "prune.pattern": pattern})
         recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)
         run_pipeline(recipe, out or default_run_dir(recipe), force=force)
 

@@ -49,6 +49,7 @@ class PruneConfig:
     init_from: str = "teacher"  # "teacher": prune the fine-tuned dense model; "pretrained": the base model
     target_sparsity: float = 0.8
     scope: str = "global"  # "global" ranking across layers, or "layer" (uniform per layer)
+    pattern: str = "unstructured"  # or N:M semi-structured (2:4 for GPU sparse tensor cores): target_sparsity must be 1 - N/M
     include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
     include_head: bool = False
     # Schedule, in epochs at `reference_sparsity`; every time below scales with the target
@@ -269,6 +270,14 @@ def validate(r: Recipe) -> None:
     from .pruning.registry import method_names
     from .tasks.registry import get_task
 
+    from .pruning.masks import parse_pattern
+
+    try:
+        nm = parse_pattern(r.prune.pattern)
+    except ValueError as e:
+        raise UserError(f"--pattern: {e}") from None
+    if nm and abs(r.prune.target_sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+        raise UserError(f"--pattern {r.prune.pattern} means {1 - nm[0] / nm[1]:g} sparsity: pass --sparsity {1 - nm[0] / nm[1]:g}")
     if r.export.quantize not in ("none", "int8"):
         raise UserError(f"--quantize must be 'none' or 'int8', got '{r.export.quantize}'")
 

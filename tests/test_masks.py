@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from prune2deploy.pruning import gmp
@@ -101,3 +102,26 @@ def test_masks_roundtrip_safetensors(tiny_qa, tmp_path):
     loaded = M.load_masks(tmp_path / "m.safetensors")
     for k, v in M.get_masks(mods).items():
         assert torch.equal(loaded[k], v)
+
+
+def test_two_four_masks_keep_two_of_every_four_and_never_regrow():
+    import torch
+
+    from prune2deploy.pruning import masks as M
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 16)
+    cur = torch.ones(8, 16, dtype=torch.bool)
+    new = M.masks_from_scores({"w": w.abs()}, {"w": cur}, 0.5, "global", "2:4")["w"]
+    assert new.shape == w.shape and new.reshape(-1, 4).sum(1).eq(2).all()
+    top2 = torch.topk(w.abs().reshape(-1, 4), 2, dim=1).indices
+    assert new.reshape(-1, 4).gather(1, top2).all()  # the two largest of each group are kept
+    M.check_pattern({"w": new}, 2, 4)
+    again = M.masks_from_scores({"w": (w * new).abs() + 0.0}, {"w": new}, 0.5, "global", "2:4")["w"]
+    assert torch.equal(again, new)  # pruned weights (score 0, ranked last) never come back
+    bad = new.clone()
+    bad[0, :4] = True
+    with pytest.raises(AssertionError, match="do not keep exactly 2"):
+        M.check_pattern({"w": bad}, 2, 4)
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        M.masks_from_scores({"w": torch.rand(2, 6)}, {"w": torch.ones(2, 6, dtype=torch.bool)}, 0.5, "global", "2:4")

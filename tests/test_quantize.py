@@ -64,3 +64,19 @@ def test_package_int8_then_verify(int8_run, tmp_path):
     res = p2d("verify", art)
     assert res.returncode == 0, res.stdout + res.stderr
     assert_user_error(p2d("package", int8_run.parent / "nope", "--out", tmp_path / "a2", "--int8"), "")
+
+
+def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.5", "--pattern", "2:4", "--model", tiny_model_dir, "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from prune2deploy.onnx_sparsity import load_initializers
+
+    rec = json.loads((out / "export" / "stage.json").read_text())["result"]
+    assert rec["pattern"] == "2:4" and rec["encoder_sparsity"] == pytest.approx(0.5)
+    inits = load_initializers(out / "export" / "model.onnx")
+    for t in rec["per_tensor"].values():
+        w = inits[t["onnx_name"]]  # ONNX MatMul weights are (in, out): groups of 4 run along axis 0
+        assert ((w.reshape(-1, 4, w.shape[1]) != 0).sum(1) <= 2).all()
+    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "2:4", "--sparsity", "0.8", "--out", tmp_path / "r2"), "--sparsity 0.5")
+    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "4:2", "--sparsity", "0.5", "--out", tmp_path / "r3"), "0 < N < M")

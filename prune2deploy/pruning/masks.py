@@ -115,15 +115,59 @@ def check_exact(masks: dict[str, torch.Tensor], target: float, scope: str) -> No
             raise AssertionError(f"global: {got} zeros of {total}, expected {want} ({target:.4f})")
 
 
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    """"unstructured"/None -> None; "N:M" -> (N, M): keep N of every M consecutive input weights."""
+    if pattern in (None, "", "unstructured"):
+        return None
+    try:
+        n, m = (int(x) for x in str(pattern).split(":"))
+    except ValueError:
+        raise ValueError(f"pattern must be 'unstructured' or N:M (e.g. 2:4), got '{pattern}'") from None
+    if not 0 < n < m:
+        raise ValueError(f"pattern N:M needs 0 < N < M, got '{pattern}'")
+    return n, m
+
+
+@torch.no_grad()
+def nm_masks(scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+    """N:M semi-structured masks: in every group of M consecutive weights along the input
+    dimension (the last dim of a Linear weight, what sparse tensor cores group), keep the N
+    highest-scoring ones. Already-pruned weights rank lowest, so they stay pruned."""
+    out = {}
+    for name, sc in scores.items():
+        if sc.shape[-1] % m:
+            raise ValueError(f"{name}: input dim {sc.shape[-1]} is not a multiple of {m} for an N:M pattern")
+        s = sc.detach().float().clone()
+        s[~current[name].to(s.device)] = -1.0
+        groups = s.reshape(-1, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
+        out[name] = keep.view_as(sc)
+    return out
+
+
+def check_pattern(masks: dict[str, torch.Tensor], n: int, m: int) -> None:
+    """Raise unless every group of M consecutive input weights keeps exactly N."""
+    for k, mask in masks.items():
+        kept = mask.reshape(-1, m).sum(1)
+        if bool((kept != n).any()):
+            bad = int((kept != n).sum())
+            raise AssertionError(f"{k}: {bad} groups of {m} do not keep exactly {n}")
+
+
 @torch.no_grad()
 def masks_from_scores(
-    scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], sparsity: float, scope: str
+    scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], sparsity: float, scope: str, pattern: str | None = None
 ) -> dict[str, torch.Tensor]:
-    """Keep the highest-scoring weights: exactly round(sparsity * n) zeros, globally or per tensor.
+    """Keep the highest-scoring weights: exactly round(sparsity * n) zeros, globally or per tensor
+    (or, with an N:M `pattern`, N of every M consecutive input weights; `sparsity` is then 1 - N/M).
 
     Already-pruned weights rank first for removal, so masks only ever lose ones while the
     sparsity rises (a pruned weight never comes back).
     """
+    nm = parse_pattern(pattern)
+    if nm:
+        return nm_masks(scores, current, *nm)
 
     def ranked(name: str) -> torch.Tensor:
         s = scores[name].detach().float().flatten().clone()

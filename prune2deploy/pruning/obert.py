@@ -161,7 +161,7 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
             scores[f"{n}.weight"] = s.to(w.device)
         if len(chunks) == 1:
             kept = finvs
-    new = M.masks_from_scores(scores, M.get_masks(modules), sparsity, scope)
+    new = M.masks_from_scores(scores, M.get_masks(modules), sparsity, scope, ctx.get("pattern"))
     for names in chunks:
         finvs = kept if len(chunks) == 1 else finv_for(names)
         for n in names:

@@ -72,6 +72,12 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     weights = {k: params[k].detach().numpy() for k in masks}
     report = verify(out / "model.onnx", weights, {k: v.numpy() for k, v in masks.items()})
     require_ok(report, "model.onnx")
+    nm = M.parse_pattern(recipe.prune.pattern)
+    if nm:  # ONNX zeros equal the masks tensor by tensor (just verified), so the pattern holds there too
+        try:
+            M.check_pattern(masks, *nm)
+        except AssertionError as e:
+            raise VerificationError(f"export: {recipe.prune.pattern} pattern broken: {e}") from None
 
     samples = task.sample_inputs(dev, recipe.export.parity_examples)
     seq = min(recipe.data.max_length, 256)
@@ -89,6 +95,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         "encoder_sparsity": report["encoder_sparsity"],
         "mask_sparsity": report["mask_sparsity"],
         "tensors_verified": len(report["tensors"]),
+        "pattern": recipe.prune.pattern,
         "per_tensor": {t["torch_name"]: {"onnx_name": t["onnx_name"], "onnx_zeros": t["onnx_zeros"], "mask_zeros": t["mask_zeros"], "numel": t["numel"]} for t in report["tensors"]},
         "max_abs_diff": max(diffs.values()),
         "max_abs_diff_dense": diffs["dense"],

@@ -48,7 +48,13 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     plan = make_plan(p, scale, steps_per_epoch)
     method = get_method(p.method)
     kd_teacher = teacher if p.kd_hardness > 0 else None
+    nm = M.parse_pattern(p.pattern)
+    if nm:
+        odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % nm[1]), None)
+        if odd:
+            raise UserError(f"--pattern {p.pattern}: {odd} has input dim {modules[odd].weight.shape[-1]}, not a multiple of {nm[1]}")
     ctx = {
+        "pattern": p.pattern,
         "obert": {"block_size": p.obert_block_size, "num_grads": p.obert_num_grads, "damp": p.obert_damp, "chunk_bytes": p.obert_chunk_mb << 20},
         "gradients": gradient_stream(student, features, tokenizer, modules, p.obert_num_grads, p.obert_grad_batch_size, teacher=kd_teacher,
                                      kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, precision=recipe.precision, seed=recipe.seed, description="oBERT gradients"),
@@ -64,7 +70,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
 
     masks = M.get_masks(modules)
     try:
-        M.check_exact(masks, p.target_sparsity, p.scope)
+        M.check_pattern(masks, *nm) if nm else M.check_exact(masks, p.target_sparsity, p.scope)
     except AssertionError as e:
         raise VerificationError(f"prune: masks are not at the target sparsity: {e}") from None
     for name, module in modules.items():
