@@ -113,7 +113,7 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _stage in ("teacher", "prune", "validate", "export"):
+for _stage in ("teacher", "prune", "validate", "export", "quantize"):
     app.command(name=_stage)(_stage_command(_stage))
 
 

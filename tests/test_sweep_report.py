@@ -48,7 +48,9 @@ def test_sweep_runs_every_point_and_resumes(sweep):
     t2 = json.loads((root / "runs" / "mrpc-gmp-0.8" / "teacher" / "stage.json").read_text())["result"]
     assert t1["model_dir"] == t2["model_dir"] and t2["cached"] is True
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(records) == 10  # 5 stages x 2 points, none redone by the second sweep
+    from prune2deploy.run import STAGES
+
+    assert len(records) == 2 * len(STAGES)  # every stage of both points, none redone by the second sweep
     assert all(p.read_text() == text for p, text in records.items())
 
 

