@@ -35,20 +35,22 @@ def load_runs(run_dirs: list[Path]) -> list[dict]:
     return runs
 
 
+def _point(r: dict) -> dict:
+    m = r.get("metric")
+    return {"task": r["task"], "method": r["method"], "target": r["target_sparsity"], "sparsity": (r.get("sparsity") or {}).get("encoder"),
+            "metric": m, "dense": (r["metrics"]["dense"] or {}).get(m), "sparse": (r["metrics"]["sparse"] or {}).get(m), "run_dir": r["run_dir"]}
+
+
 def points(runs: list[dict]) -> list[dict]:
     """One row per run: task, method, sparsity, dense/sparse metric."""
-    out = []
-    for r in runs:
-        m = r.get("metric")
-        out.append({"task": r["task"], "method": r["method"], "target": r["target_sparsity"], "sparsity": (r.get("sparsity") or {}).get("encoder"),
-                    "metric": m, "dense": (r["metrics"]["dense"] or {}).get(m), "sparse": (r["metrics"]["sparse"] or {}).get(m), "run_dir": r["run_dir"]})
-    return sorted(out, key=lambda p: (p["task"], p["method"], p["target"]))
+    return sorted(map(_point, runs), key=lambda p: (p["task"], p["method"], p["target"]))
 
 
 def latency_rows(runs: list[dict]) -> list[dict]:
     """Bench rows (timed ones only) tagged with their run's task, method, sparsity and metric."""
     out = []
-    for r, p in zip(runs, [points([x])[0] for x in runs]):
+    for r in runs:
+        p = _point(r)
         for b in r.get("bench") or []:
             if "p50_ms" not in b:
                 continue

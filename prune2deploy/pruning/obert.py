@@ -41,16 +41,31 @@ def blocks_of(t: torch.Tensor, block: int) -> torch.Tensor:
 
 def fisher_inverse(grads: Iterable[torch.Tensor], n_blocks: int, block: int, damp: float, m: int, device=None, group: int = 32) -> torch.Tensor:
     """Block-diagonal inverse empirical Fisher from m gradients ((n_blocks, block) tensors)."""
-    f = init_fisher(n_blocks, block, damp, device)
-    pending: list[torch.Tensor] = []
+    fs = {"w": init_fisher(n_blocks, block, damp, device)}
+    accumulate_stream_(fs, ({"w": g} for g in grads), m, group)
+    return invert_(fs["w"])
+
+
+def accumulate_stream_(fs: dict[str, torch.Tensor], grads: Iterable[dict[str, torch.Tensor]], m: int, group: int) -> int:
+    """F += g g^T / m for every tensor of `fs`, from a stream of {name: (n_blocks, B)} gradients,
+    `group` gradients per batched matmul. Returns how many gradients the stream gave."""
+    pending: dict[str, list[torch.Tensor]] = {n: [] for n in fs}
+
+    def flush():
+        for n, gs in pending.items():
+            if gs:
+                accumulate_(fs[n], torch.stack(gs, -1), m)
+                gs.clear()
+
+    count = 0
     for g in grads:
-        pending.append(g)
-        if len(pending) == group:
-            accumulate_(f, torch.stack(pending, -1), m)
-            pending = []
-    if pending:
-        accumulate_(f, torch.stack(pending, -1), m)
-    return invert_(f)
+        count += 1
+        for n in fs:
+            pending[n].append(g[n])
+        if count % group == 0:
+            flush()
+    flush()
+    return count
 
 
 def init_fisher(n_blocks: int, block: int, damp: float, device=None) -> torch.Tensor:
@@ -132,22 +147,7 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
     def finv_for(names: list[str]) -> dict[str, torch.Tensor]:
         """Stream the m gradients once, updating every tensor of the chunk."""
         fs = {n: init_fisher(blocks_of(modules[n].weight, block).shape[0], block, damp, modules[n].weight.device) for n in names}
-        count = 0
-        pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-
-        def flush():
-            for n in names:
-                if pending[n]:
-                    accumulate_(fs[n], torch.stack(pending[n], -1), m)
-                    pending[n] = []
-
-        for g in gradients(names):
-            count += 1
-            for n in names:
-                pending[n].append(blocks_of(g[n], block))
-            if count % group == 0:
-                flush()
-        flush()
+        count = accumulate_stream_(fs, ({n: blocks_of(g[n], block) for n in names} for g in gradients(names)), m, group)
         if count != m:
             raise RuntimeError(f"oBERT expected {m} gradients, got {count}")
         return {n: invert_(f) for n, f in fs.items()}

