@@ -82,8 +82,20 @@ def run(
     pattern: Optional[str] = typer.Option(None, "--pattern", help="'2:4' (N:M semi-structured, with --sparsity 0.5) or 'unstructured'."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field: --set prune.lr=1e-4"),
     force: bool = typer.Option(False, "--force", help="Reuse a run dir made for another config."),
+    launcher: str = typer.Option("none", "--launcher", help="'accelerate': teacher and prune data-parallel under HF Accelerate (DDP; gloo on CPU)."),
+    processes: int = typer.Option(0, "--processes", help="With --launcher accelerate: processes (0: one per GPU, or 2 without one)."),
 ) -> None:
     """Run the whole pipeline: teacher → prune → validate → export → bench."""
+    if launcher != "none":
+        code = {"rc": 0}
+
+        def launch():
+            from .distributed import relaunch
+
+            code["rc"] = relaunch(sys.argv[1:], launcher, processes)
+
+        _guard(launch)
+        raise typer.Exit(code["rc"])
 
     def go():
         from .recipe import load_recipe

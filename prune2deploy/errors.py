@@ -9,3 +9,9 @@ class UserError(Exception):
 
 class VerificationError(UserError):
     """An artifact failed a check (sparsity, parity); the stage is not written."""
+
+
+class OtherRankFailed(UserError):
+    """Several processes: another rank failed; it printed the cause, this one stops too."""
+
+    exit_code = 1

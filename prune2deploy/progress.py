@@ -30,7 +30,7 @@ class Bar:
     """
 
     def __init__(self, description: str, total: int):
-        self.quiet = os.environ.get("P2D_QUIET") == "1"
+        self.quiet = os.environ.get("P2D_QUIET") == "1" or os.environ.get("RANK", "0") != "0"  # one bar: rank 0's
         self.progress = None
         self.description, self.total, self.done, self.next_mark = description, max(1, total), 0, 0.1
         self.started = time.time()
@@ -62,5 +62,5 @@ class Bar:
 
 
 def log(msg: str) -> None:
-    if os.environ.get("P2D_QUIET") != "1":
+    if os.environ.get("P2D_QUIET") != "1" and os.environ.get("RANK", "0") == "0":
         console.print(msg, highlight=False)

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from . import distributed as D
+from .errors import OtherRankFailed, UserError
 from .files import hash_dir, read_json, replace_dir, sha256_json, write_json_atomic
 from .progress import log
 from .recipe import Recipe
@@ -125,8 +126,44 @@ def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) ->
     if existing and not force and existing.get("key") == key and record_is_valid(run_dir, existing):
         log(f"[dim]{stage}: up to date, skipped[/dim]")
         return existing
+    if D.active():  # several processes: every rank trains, rank 0 alone writes the record
+        return _run_stage_ranks(stage, recipe, run_dir, upstream, key)
+    return _run_stage_here(stage, recipe, run_dir, upstream, key)
+
+
+def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, key: str) -> dict:
+    """Teacher and prune run on every rank (data parallel), the others on rank 0 only; a
+    non-main rank's outputs go to a scratch dir that is removed. After the stage every rank
+    waits for rank 0's record and returns it; a failure on rank 0 stops every rank."""
+    ok = True
+    try:
+        if D.is_main():
+            _run_stage_here(stage, recipe, run_dir, upstream, key)
+        elif stage in D.PARALLEL_STAGES:
+            scratch = D.scratch(run_dir, stage)
+            try:
+                _run_stage_here(stage, recipe, run_dir, upstream, key, out=scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except BaseException:
+        ok = False
+        raise
+    finally:
+        if not D.agree(ok) and ok:
+            raise OtherRankFailed(f"stage '{stage}' failed on another rank (see its error)")
+    rec = read_record(run_dir, stage)
+    if rec is None:
+        raise RuntimeError(f"stage '{stage}': no record from rank 0 in {run_dir} (all ranks need the same run dir)")
+    return rec
+
+
+def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, key: str, out: Path | None = None) -> dict:
     module = importlib.import_module(f".stages.{stage}", __package__)
     tmp = run_dir / f".{stage}.tmp"
+    if out is not None:  # a non-main rank's scratch: computed, never committed
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        return module.run(recipe, out, upstream, run_dir, key)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -179,10 +216,21 @@ def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES
     from .report import build_report, print_summary
 
     preflight(recipe)
-    prepare_run_dir(recipe, run_dir, force=force)
+    ok = True
+    try:
+        if D.is_main():  # one writer of the run dir
+            prepare_run_dir(recipe, run_dir, force=force)
+    except BaseException:
+        ok = False
+        raise
+    finally:
+        if not D.agree(ok) and ok:
+            raise OtherRankFailed(f"rank 0 could not prepare {run_dir} (see its error)")
     records = {}
     for stage in stages:
         records[stage] = run_stage(stage, recipe, run_dir)
+    if not D.is_main():
+        return {}
     report = build_report(recipe, run_dir)
     write_json_atomic(run_dir / "report.json", report)
     print_summary(report)

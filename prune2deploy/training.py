@@ -49,13 +49,17 @@ def autocast(precision: str, device: str = "cpu"):
 
 
 def collate(tokenizer):
-    """Pad a list of feature dicts to the longest in the batch."""
+    """Pad a list of feature dicts to the longest in the batch ((batch, choices, seq) for multiple choice)."""
 
     def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
         inputs = [{k: v for k, v in r.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for r in rows]
         verbose = getattr(tokenizer, "deprecation_warnings", {})
         verbose["Asking-to-pad-a-fast-tokenizer"] = True  # pre-tokenized features: pad is right here
-        batch = tokenizer.pad(inputs, return_tensors="pt")
+        if inputs and isinstance(inputs[0]["input_ids"][0], list):  # multiple choice: [choices][tokens] per row
+            flat = [{k: v[c] for k, v in r.items()} for r in inputs for c in range(len(r["input_ids"]))]
+            batch = {k: v.view(len(inputs), -1, v.shape[-1]) for k, v in tokenizer.pad(flat, return_tensors="pt").items()}
+        else:
+            batch = tokenizer.pad(inputs, return_tensors="pt")
         for key in LABEL_KEYS:
             if key in rows[0]:
                 batch[key] = torch.tensor([r[key] for r in rows])
@@ -89,7 +93,7 @@ def forward_batches(model, features, tokenizer, batch_size: int, description: st
             rows = [features[j] for j in range(i, min(i + batch_size, len(features)))]
             batch = fn(rows)
             logits = logits_of(model(**model_inputs(batch)))
-            length = batch["input_ids"].shape[1]
+            length = batch["input_ids"].shape[-1]
             heads = []
             for t in logits:
                 a = t.float().cpu().numpy()
@@ -155,11 +159,13 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
     RNG, step, log) is saved atomically every `checkpoint_every` steps and a matching
     checkpoint is resumed from. Returns a small log (losses, pruning events).
     """
+    from . import distributed as D
     from .pruning import distill
     from .pruning import masks as M
 
     device = next(model.parameters()).device
     fn = collate(tokenizer)
+    D.check_batch(cfg.batch_size, "batch size")
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_at(0))
@@ -179,8 +185,11 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
         log = json.loads(state["log"])
         log["resumed_from"] = step
     sparsity = M.sparsity_report(M.get_masks(modules))["overall"] if modules is not None else None
+    train_model = D.wrap(model)  # DDP with several processes: gradients averaged over ranks
 
     def checkpoint() -> None:
+        if not D.is_main():  # one writer; the state is the same on every rank
+            return
         save_checkpoint(cfg.checkpoint, {
             "tag": cfg.checkpoint_tag, "step": step, "running": running, "log": json.dumps(log),
             "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
@@ -192,15 +201,16 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
         while step < cfg.total_steps:
             if modules is not None and step in cfg.prune_events and not any(e["step"] == step for e in log["prune_events"]):
                 prune_fn(modules, cfg.prune_events[step])
+                D.broadcast_masks_and_weights(modules)  # rank 0's masks everywhere (several processes)
                 sparsity = M.sparsity_report(M.get_masks(modules))["overall"]
                 log["prune_events"].append({"step": step, "sparsity": cfg.prune_events[step]})
             model.train()
-            batch = fn([features[i] for i in batch_order(len(features), cfg.batch_size, cfg.seed, step)])
+            batch = fn([features[i] for i in D.shard(batch_order(len(features), cfg.batch_size, cfg.seed, step))])
             batch = {k: v.to(device) for k, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step)
             with autocast(cfg.precision, device.type):
-                out = model(**batch)
+                out = train_model(**batch)
                 if teacher is not None:
                     with torch.no_grad():
                         t_logits = logits_of(teacher(**model_inputs(batch)))
@@ -215,7 +225,7 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
             if modules is not None:
                 M.apply_masks(modules)
             step += 1
-            value = float(loss.detach())
+            value = D.mean(float(loss.detach()))  # the global batch's loss
             running = value if running is None else 0.95 * running + 0.05 * value
             if step % 10 == 0 or step == cfg.total_steps:
                 log["losses"].append({"step": step, "loss": round(running, 5)})
@@ -228,11 +238,14 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
     return log
 
 
-def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_size: int, *, teacher=None, kd_temperature: float = 2.0, kd_hardness: float = 1.0, precision: str = "auto", seed: int = 0, description: str = "gradients"):
+def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_size: int, *, teacher=None, kd_temperature: float = 2.0, kd_hardness: float = 1.0, precision: str = "auto", seed: int = 0, description: str = "gradients", rank: int = 0, world: int = 1):
     """Return `gradients(names)`: yields n dicts {name: grad of module.weight}, one per mini-batch.
 
     The loss is the training loss (KD when a teacher is given). Dropout is off (eval mode) so
-    the same seed gives the same gradients; the model's mode is restored afterwards.
+    the same seed gives the same gradients; the model's mode is restored afterwards. With
+    `world` > 1 processes, rank r yields the gradients i with i % world == r of the same n
+    (together the ranks compute each of the n once). `model` is the unwrapped module (no DDP
+    gradient averaging: each gradient is one mini-batch's).
     """
     from .pruning import distill
 
@@ -243,9 +256,11 @@ def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_siz
         model.eval()
         gen = torch.Generator().manual_seed(seed * 100_003 + salt)
         fn = collate(tokenizer)
-        with Bar(description, n) as bar:
-            for _ in range(n):
+        with Bar(description, len(range(rank, n, world))) as bar:
+            for i in range(n):
                 idx = torch.randint(0, len(features), (batch_size,), generator=gen).tolist()
+                if i % world != rank:
+                    continue
                 batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
                 model.zero_grad(set_to_none=True)
                 with autocast(precision, device.type):

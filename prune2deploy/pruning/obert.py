@@ -16,7 +16,8 @@ selection, the surviving weights of each block get the OBS update for the set Q 
 weights in it:  dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q,  then the masks are applied.
 
 Gradients come from `ctx["gradients"](names)`: an iterable of {name: grad} dicts, one per
-mini-batch gradient (m of them). Layers are processed in chunks that fit `chunk_bytes`; with
+mini-batch gradient (m of them; with several processes each rank yields its share and
+`ctx["sum_across_ranks"]` all-reduces the Fisher sums, so every rank inverts the same F). Layers are processed in chunks that fit `chunk_bytes`; with
 more than one chunk the gradients are computed again for each chunk (time for memory).
 """
 
@@ -144,10 +145,19 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
     chunks = _chunks(modules, block, cfg.get("chunk_bytes", 4 << 30))
     kept: dict[str, torch.Tensor] = {}
 
+    # data parallel (several processes): each rank streams its share of the m gradients and
+    # `sum_across_ranks` adds the partial sums in place; the damping is counted on rank 0 only
+    sum_across_ranks = ctx.get("sum_across_ranks")
+    lead = ctx.get("rank", 0) == 0
+
     def finv_for(names: list[str]) -> dict[str, torch.Tensor]:
         """Stream the m gradients once, updating every tensor of the chunk."""
-        fs = {n: init_fisher(blocks_of(modules[n].weight, block).shape[0], block, damp, modules[n].weight.device) for n in names}
+        fs = {n: init_fisher(blocks_of(modules[n].weight, block).shape[0], block, damp if lead else 0.0, modules[n].weight.device) for n in names}
         count = accumulate_stream_(fs, ({n: blocks_of(g[n], block) for n in names} for g in gradients(names)), m, group)
+        if sum_across_ranks is not None:
+            for f in fs.values():
+                sum_across_ranks(f)
+            count = int(sum_across_ranks(torch.tensor([float(count)])).item())
         if count != m:
             raise RuntimeError(f"oBERT expected {m} gradients, got {count}")
         return {n: invert_(f) for n, f in fs.items()}

@@ -34,7 +34,7 @@ def version() -> str:
     return onnxruntime.__version__
 
 
-def load(onnx_path: str | Path, threads: int, batch_size: int = 0, seq_len: int = 0, providers: list[str] | None = None):
+def load(onnx_path: str | Path, threads: int, providers: list[str] | None = None):
     """Return `run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]` for the model."""
     import onnxruntime as ort
 

@@ -65,13 +65,12 @@ def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch:
 
 
 def reference_outputs(onnx_path: Path, export_dir: Path, task, dev, n: int = 4, seq: int = 128) -> dict[str, np.ndarray]:
-    from ..benchmark import fixed_inputs
     from ..models import load_tokenizer
     from ..runtimes import onnxruntime as ort_rt
 
     tokenizer = load_tokenizer(str(export_dir))
-    inputs = fixed_inputs(tokenizer, task.sample_inputs(dev, n), n, seq)
-    outs = ort_rt.load(onnx_path, 1, n, seq)(inputs)
+    inputs = task.encode(tokenizer, task.sample_inputs(dev, n), n, seq)
+    outs = ort_rt.load(onnx_path, 1)(inputs)
     arrays = {f"input.{k}": v for k, v in inputs.items()}
     arrays.update({f"output.{name}": o for name, o in zip(task.output_names, outs)})
     return arrays

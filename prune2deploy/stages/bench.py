@@ -158,7 +158,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
 
     def inputs_for(b, s):
         if (b, s) not in cache:
-            cache[(b, s)] = fixed_inputs(tokenizer, samples, b, s)
+            cache[(b, s)] = task.encode(tokenizer, samples, b, s)
         return cache[(b, s)]
 
     rows, skipped = bench_models(models, inputs_for, recipe.bench, threads, task.auto_class, lambda label, x: reference_outputs(models[label].get("ref") or models[label]["hf"], task.auto_class, x))
@@ -200,18 +200,22 @@ def bench_onnx_files(model: Path, dense: Path | None, bench_cfg, threads: int, o
     models = {"sparse": {"onnx": Path(model), "hf": None}}
     if dense:
         models["dense"] = {"onnx": Path(dense), "hf": None}
-    names = _input_names(model)
+    shapes = _input_shapes(model)
     tok_dir = Path(model).parent
     tokenizer = load_tokenizer(str(tok_dir)) if (tok_dir / "tokenizer_config.json").is_file() else None
     sample = [("How much faster is a sparse model on a CPU?", "Pruning removes most weights of the encoder, and a sparse runtime skips them.")]
 
+    dims = next(iter(shapes.values()))
+    choices = (dims[1] if dims[1] > 0 else 2) if len(dims) == 3 else 1  # multiple choice: (batch, choices, seq)
+
     def inputs_for(b, s):
+        n = b * choices
         if tokenizer is not None:
-            x = fixed_inputs(tokenizer, sample, b, s)
+            x = fixed_inputs(tokenizer, sample, n, s)
         else:
             rng = np.random.default_rng(0)
-            x = {"input_ids": rng.integers(1000, 2000, (b, s)).astype(np.int64), "attention_mask": np.ones((b, s), np.int64), "token_type_ids": np.zeros((b, s), np.int64)}
-        return {k: v for k, v in x.items() if k in names}
+            x = {"input_ids": rng.integers(1000, 2000, (n, s)).astype(np.int64), "attention_mask": np.ones((n, s), np.int64), "token_type_ids": np.zeros((n, s), np.int64)}
+        return {k: (v.reshape(b, choices, s) if len(dims) == 3 else v) for k, v in x.items() if k in shapes}
 
     def reference(label, x):
         try:
@@ -228,9 +232,10 @@ def bench_onnx_files(model: Path, dense: Path | None, bench_cfg, threads: int, o
     return rows
 
 
-def _input_names(onnx_path: Path) -> list[str]:
+def _input_shapes(onnx_path: Path) -> dict[str, list[int]]:
+    """Graph input name -> dims (-1 where dynamic), initializers excluded."""
     import onnx
 
     m = onnx.load(str(onnx_path), load_external_data=False)
     init = {i.name for i in m.graph.initializer}
-    return [i.name for i in m.graph.input if i.name not in init]
+    return {i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim] for i in m.graph.input if i.name not in init}

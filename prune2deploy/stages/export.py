@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..benchmark import fixed_inputs
 from ..errors import VerificationError
 from ..files import inside
 from ..models import load_model, load_tokenizer
@@ -50,7 +49,7 @@ def export_onnx(model_dir: str | Path, task, opset: int, dest: Path) -> None:
 def parity(model, onnx_path: Path, inputs: dict[str, np.ndarray], threads: int) -> float:
     model.eval()
     ref = [t.float().numpy() for t in logits_of(model(**{k: torch.from_numpy(v) for k, v in inputs.items()}))]
-    run = ort_rt.load(onnx_path, threads or torch.get_num_threads(), *inputs["input_ids"].shape)
+    run = ort_rt.load(onnx_path, threads or torch.get_num_threads())
     got = run(inputs)
     return max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
 
@@ -81,7 +80,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
 
     samples = task.sample_inputs(dev, recipe.export.parity_examples)
     seq = min(recipe.data.max_length, 256)
-    inputs = fixed_inputs(tokenizer, samples, len(samples), seq)
+    inputs = task.encode(tokenizer, samples, len(samples), seq)
     diffs = {"sparse": parity(sparse, out / "model.onnx", inputs, recipe.threads)}
     dense = load_model(dense_dir, task.auto_class, task.num_labels)
     diffs["dense"] = parity(dense, out / "dense.onnx", inputs, recipe.threads)

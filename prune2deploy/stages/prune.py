@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed as D
 from ..errors import UserError, VerificationError
 from ..files import write_json_atomic
 from ..models import load_model, load_tokenizer
@@ -57,7 +58,10 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         "pattern": p.pattern,
         "obert": {"block_size": p.obert_block_size, "num_grads": p.obert_num_grads, "damp": p.obert_damp, "chunk_bytes": p.obert_chunk_mb << 20},
         "gradients": gradient_stream(student, features, tokenizer, modules, p.obert_num_grads, p.obert_grad_batch_size, teacher=kd_teacher,
-                                     kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, precision=recipe.precision, seed=recipe.seed, description="oBERT gradients"),
+                                     kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, precision=recipe.precision, seed=recipe.seed, description="oBERT gradients",
+                                     rank=D.rank(), world=D.world_size()),
+        "rank": D.rank(),
+        "sum_across_ranks": D.sum_ if D.active() else None,
     }
     prune_fn = partial(_prune, method=method, scope=p.scope, ctx=ctx)
     cfg = FitConfig(

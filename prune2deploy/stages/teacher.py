@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .. import distributed as D
 from ..files import hash_dir, read_json, sha256_json, write_json_atomic
 from ..models import load_config, load_model, load_tokenizer, resolve_model
 from ..progress import log
@@ -41,7 +42,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
             log(f"[dim]teacher: reusing cached {cache}[/dim]")
             write_json_atomic(out / "teacher.json", info)
             return {**info["result"], "model_dir": str(cache / "model"), "cached": True, "_external": {str(cache / "model"): info["files"]}}
-        shutil.rmtree(cache)
+    D.barrier()  # several processes: every rank has looked at the cache before rank 0 replaces it
 
     tokenizer = load_tokenizer(base_model)
     model = load_model(base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
@@ -59,18 +60,21 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     cfg = FitConfig(total_steps=total, batch_size=t.batch_size, lr_at=lr_at, weight_decay=t.weight_decay, precision=recipe.precision, seed=recipe.seed, description="teacher",
                     checkpoint=ckpt, checkpoint_every=recipe.checkpoint_every, checkpoint_tag=cache.name)
     train_log = fit(model, features, tokenizer, cfg)
-    tmp = cache.with_name(cache.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "model")
     result = {"base_model": base_model, "trained": True, "steps": total, "steps_per_epoch": steps_per_epoch, "data": data_info, "final_loss": train_log["losses"][-1]["loss"] if train_log["losses"] else None}
-    info = {"model_dir": str(cache / "model"), "result": result, "files": hash_dir(tmp / "model")}
-    write_json_atomic(tmp / "teacher.json", info)
-    write_json_atomic(tmp / "train_log.json", train_log)
-    if cache.exists():
-        shutil.rmtree(cache)
-    tmp.rename(cache)
-    ckpt.unlink(missing_ok=True)
+    if D.is_main():  # one writer of the shared cache
+        tmp = cache.with_name(cache.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        info = {"model_dir": str(cache / "model"), "result": result, "files": hash_dir(tmp / "model")}
+        write_json_atomic(tmp / "teacher.json", info)
+        write_json_atomic(tmp / "train_log.json", train_log)
+        if cache.exists():
+            shutil.rmtree(cache)
+        tmp.rename(cache)
+        ckpt.unlink(missing_ok=True)
+    D.barrier()
+    info = read_json(meta)
     write_json_atomic(out / "teacher.json", info)
     return {**result, "model_dir": str(cache / "model"), "cached": False, "_external": {str(cache / "model"): info["files"]}}

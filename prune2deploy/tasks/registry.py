@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..benchmark import fixed_inputs
 from ..errors import UserError
 
 
@@ -23,13 +24,16 @@ class Task:
     train_features: Callable[..., Any]
     # evaluate(model, tokenizer, examples, data_cfg, batch_size, progress) -> (metrics, predictions)
     evaluate: Callable[..., tuple[dict, Any]]
-    # sample_texts(examples, n) -> a list of (text, text_pair|None) for parity checks and bench
-    sample_inputs: Callable[..., list[tuple[str, str | None]]]
+    # sample_inputs(examples, n) -> a list of (text, text_pair|None) for parity checks and bench
+    sample_inputs: Callable[..., list[tuple]]
     max_length: int = 128  # the default sequence length its pipelines use (the recipe sets it)
+    # encode(tokenizer, samples, batch_size, seq_len) -> fixed-shape model inputs: what export,
+    # bench and package feed the graph. (batch, seq) by default; multiple choice is 3-D.
+    encode: Callable[..., dict] = fixed_inputs
 
 
 def _tasks() -> dict[str, Task]:
-    from . import bbc_news, classification, glue, squad
+    from . import bbc_news, classification, commonsense_qa, glue, squad
 
     return {
         "squad": squad.TASK,
@@ -37,6 +41,7 @@ def _tasks() -> dict[str, Task]:
         "imdb": classification.IMDB,
         "bbc_news": bbc_news.TASK,
         **glue.TASKS,  # sst2, mnli, qqp, qnli, mrpc, rte
+        "commonsense_qa": commonsense_qa.TASK,
     }
 
 

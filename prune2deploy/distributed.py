@@ -1,0 +1,170 @@
+"""Data-parallel training under HF Accelerate (torch DDP underneath).
+
+Launch with `p2d run ... --launcher accelerate --processes N`, or yourself with
+`accelerate launch --multi_gpu --num_processes N -m prune2deploy.cli run ...` (or `torchrun
+--nproc_per_node N -m prune2deploy.cli run ...`). Without a GPU every process is a CPU rank
+on the gloo backend; with GPUs, one GPU per process on NCCL.
+
+What runs where (the stage runner decides, see `run.run_stage`):
+- teacher and prune run on every rank. A global batch (`batch_order`, the same on every
+  rank) is split between ranks; DDP averages the gradients, so N processes take the same
+  optimizer steps as one process with the same global batch. Masks are computed on rank 0
+  and broadcast with the pruned weights after every pruning event; oBERT's Fisher sums are
+  all-reduced (each rank computes its share of the m gradients).
+- only rank 0 writes: stage records, models, the teacher cache, checkpoints. Other ranks
+  write into a scratch dir that is removed. Checkpoints hold no per-rank state, so a run
+  resumes on a different number of processes.
+- validate, export, quantize and bench run on rank 0 while the others wait.
+One process (no launcher) is the plain path: every helper here is then a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+PARALLEL_STAGES = ("teacher", "prune")
+_accelerator = None
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def active() -> bool:
+    return world_size() > 1
+
+
+def accelerator():
+    """The process's Accelerator (created once: it owns the process group)."""
+    global _accelerator
+    if _accelerator is None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+        # masks are buffers, identical on every rank (broadcast after each pruning event):
+        # no per-forward buffer broadcast. Long rank-0-only stages (export, bench) need a
+        # generous timeout for the others' wait.
+        _accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
+            DistributedDataParallelKwargs(broadcast_buffers=False), InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+    return _accelerator
+
+
+def rank() -> int:
+    return accelerator().process_index if active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        accelerator().wait_for_everyone()
+
+
+def agree(ok: bool) -> bool:
+    """True on every rank when `ok` is true on every rank (a barrier that carries failure)."""
+    if not active():
+        return ok
+    t = torch.tensor([0.0 if ok else 1.0], device=accelerator().device)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) == 0.0
+
+
+def shard(indices: list[int]) -> list[int]:
+    """This rank's part of a global batch."""
+    return indices[rank()::world_size()] if active() else indices
+
+
+def check_batch(batch_size: int, what: str) -> None:
+    if active() and batch_size % world_size():
+        raise UserError(f"{what} {batch_size} is not divisible by the {world_size()} processes: every rank must take an equal share of the global batch")
+
+
+def wrap(model):
+    """DDP-wrapped model for training (the model itself with one process)."""
+    if not active():
+        return model
+    import warnings
+
+    with warnings.catch_warnings():  # torch renames broadcast_buffers; accelerate still passes the old name
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
+        return accelerator().prepare_model(model)
+
+
+def sum_(t: torch.Tensor) -> torch.Tensor:
+    """In place: the sum over ranks."""
+    if active():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def mean(value: float) -> float:
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=accelerator().device)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
+@torch.no_grad()
+def broadcast_masks_and_weights(modules: dict) -> None:
+    """Rank 0's masks and weights of the prunable modules on every rank."""
+    if not active():
+        return
+    from .pruning import masks as M
+
+    for module in modules.values():
+        torch.distributed.broadcast(module.weight.data, 0)
+        mask = getattr(module, M.MASK)
+        as_int = mask.to(torch.uint8)  # gloo has no bool
+        torch.distributed.broadcast(as_int, 0)
+        mask.copy_(as_int.bool())
+
+
+def scratch(run_dir: Path, stage: str) -> Path:
+    """Where a non-main rank's copy of a stage's outputs goes (removed after the stage)."""
+    return run_dir / f".{stage}.rank{rank()}.tmp"
+
+
+def strip_launch_options(argv: list[str]) -> list[str]:
+    """`argv` without --launcher/--processes (as `--opt value` or `--opt=value`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--launcher", "--processes"):
+            skip = True
+        elif not a.startswith(("--launcher=", "--processes=")):
+            out.append(a)
+    return out
+
+
+def relaunch(argv: list[str], launcher: str, processes: int) -> int:
+    """Run this same `p2d` command (argv after the program name) under `accelerate launch`
+    with `processes` processes (0: one per GPU, or 2 without a GPU); returns its exit code."""
+    if launcher != "accelerate":
+        raise UserError(f"--launcher must be none or accelerate, got '{launcher}'")
+    if processes < 0:
+        raise UserError(f"--processes must be at least 1, got {processes}")
+    processes = processes or torch.cuda.device_count() or 2
+    argv = strip_launch_options(argv)
+    if active():
+        raise UserError("--launcher accelerate inside an already launched process: drop --launcher")
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        raise UserError("--launcher accelerate needs HF Accelerate: pip install accelerate")
+    cmd = [launcher, "launch", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if processes > 1:
+        cmd.append("--multi_gpu")  # accelerate's torchrun launcher; without a GPU each process is a CPU (gloo) rank
+    cmd += ["-m", "prune2deploy.cli", *argv]
+    return subprocess.run(cmd).returncode
