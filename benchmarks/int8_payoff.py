@@ -1,7 +1,8 @@
-"""Dense fp32 vs sparse fp32 vs sparse INT8, side by side, on a finished run dir.
+"""Dense fp32 vs sparse fp32 vs sparse INT8 (dynamic and static QDQ), side by side, on a finished run dir.
 
-Uses the quantize stage's own functions (ORT dynamic per-channel INT8, zeros verified tensor by
-tensor, the task's evaluation through ONNX Runtime) on `RUN/export/model.onnx`, so it works on
+Uses the quantize stage's own functions (ORT dynamic per-channel INT8, static QDQ INT8
+calibrated on the stage's 64 dev inputs, zeros verified tensor by tensor, the task's
+evaluation through ONNX Runtime) on `RUN/export/model.onnx`, so it works on
 a run made without `--quantize`, then times every graph through p2d's bench code on the
 runtimes asked for (ONNX Runtime, OpenVINO, DeepSparse) at fixed shapes with real task inputs.
 Idle machine please.
@@ -19,13 +20,12 @@ from pathlib import Path
 
 import torch
 
-from prune2deploy.benchmark import fixed_inputs
 from prune2deploy.files import read_json
 from prune2deploy.models import load_tokenizer
 from prune2deploy.recipe import BenchConfig
 from prune2deploy.run import load_run_recipe
 from prune2deploy.stages.bench import bench_models, markdown, reference_outputs
-from prune2deploy.stages.quantize import OnnxAsModel, check_zeros_kept, quantize_int8
+from prune2deploy.stages.quantize import CALIBRATION_EXAMPLES, OnnxAsModel, check_zeros_kept, quantize_int8, quantize_int8_static
 from prune2deploy.tasks.registry import get_task
 
 
@@ -46,13 +46,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = Path(tmp) / "model.int8.onnx"
-        quantize_int8(export_dir / "model.onnx", int8)
-        per_tensor = read_json(export_dir / "stage.json")["result"]["per_tensor"]
-        zeros = check_zeros_kept(export_dir / "model.onnx", int8, [t["onnx_name"] for t in per_tensor.values() if "[" not in t["onnx_name"]])
+        int8, qdq = Path(tmp) / "model.int8.onnx", Path(tmp) / "model.int8-static.onnx"
         tokenizer = load_tokenizer(str(export_dir))
+        quantize_int8(export_dir / "model.onnx", int8)
+        cal = task.sample_inputs(dev, CALIBRATION_EXAMPLES)
+        quantize_int8_static(export_dir / "model.onnx", qdq, [task.encode(tokenizer, cal[i:i + 8], len(cal[i:i + 8]), recipe.data.max_length) for i in range(0, len(cal), 8)])
+        per_tensor = read_json(export_dir / "stage.json")["result"]["per_tensor"]
+        names = [t["onnx_name"] for t in per_tensor.values() if "[" not in t["onnx_name"]]
+        zeros = check_zeros_kept(export_dir / "model.onnx", int8, names)
+        zeros_static = check_zeros_kept(export_dir / "model.onnx", qdq, names)
         metrics = {}
-        for label, path in (("dense_fp32", export_dir / "dense.onnx"), ("sparse_fp32", export_dir / "model.onnx"), ("sparse_int8", int8)):
+        for label, path in (("dense_fp32", export_dir / "dense.onnx"), ("sparse_fp32", export_dir / "model.onnx"), ("sparse_int8", int8), ("sparse_int8_static", qdq)):
             m, _ = task.evaluate(OnnxAsModel(path, args.threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}")
             metrics[label] = m
             print(label, json.dumps(m), flush=True)
@@ -61,19 +65,20 @@ def main() -> None:
             "dense": {"onnx": export_dir / "dense.onnx", "hf": None, "ref": teacher_dir},
             "sparse": {"onnx": export_dir / "model.onnx", "hf": None, "ref": str(run_dir / "prune" / "model")},
             "sparse-int8": {"onnx": int8, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"},
+            "sparse-int8-static": {"onnx": qdq, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"},
         }
         samples = task.sample_inputs(dev, 64)
         cache: dict = {}
 
         def inputs_for(b, s):
             if (b, s) not in cache:
-                cache[(b, s)] = fixed_inputs(tokenizer, samples, b, s)
+                cache[(b, s)] = task.encode(tokenizer, samples, b, s)
             return cache[(b, s)]
 
         cfg = BenchConfig(runtimes=tuple(args.runtimes.split(",")), batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seq_lens=(args.seq_len,), warmup=3, iters=20, min_time_s=3.0)
         rows, _ = bench_models(models, inputs_for, cfg, args.threads, task.auto_class, lambda label, x: reference_outputs(models[label]["ref"], task.auto_class, x))
     print(markdown(rows))
-    result = {"run_dir": str(run_dir), "task": recipe.task, "threads": args.threads, "load": os.getloadavg(), "zeros": {k: v for k, v in zeros.items() if k != "tensors"},
+    result = {"run_dir": str(run_dir), "task": recipe.task, "threads": args.threads, "load": os.getloadavg(), "zeros": {k: v for k, v in zeros.items() if k != "tensors"}, "zeros_static": {k: v for k, v in zeros_static.items() if k != "tensors"},
               "metrics": metrics, "rows": rows}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(markdown(rows))

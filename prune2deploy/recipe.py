@@ -82,7 +82,7 @@ class ExportConfig:
     opset: int = 14  # DeepSparse runs the whole graph only at opset 14
     atol: float = 1e-3  # max |onnx - torch| on logits
     parity_examples: int = 8
-    quantize: str = "none"  # none | int8 (ORT dynamic, per-channel symmetric INT8 weights: zeros stay zero)
+    quantize: str = "none"  # none | int8 (ORT dynamic) | int8-static (QDQ, calibrated); per-channel symmetric INT8 weights: zeros stay zero
 
 
 @dataclass(frozen=True)
@@ -278,8 +278,8 @@ def validate(r: Recipe) -> None:
         raise UserError(f"--pattern: {e}") from None
     if nm and abs(r.prune.target_sparsity - (1 - nm[0] / nm[1])) > 1e-9:
         raise UserError(f"--pattern {r.prune.pattern} means {1 - nm[0] / nm[1]:g} sparsity: pass --sparsity {1 - nm[0] / nm[1]:g}")
-    if r.export.quantize not in ("none", "int8"):
-        raise UserError(f"--quantize must be 'none' or 'int8', got '{r.export.quantize}'")
+    if r.export.quantize not in ("none", "int8", "int8-static"):
+        raise UserError(f"--quantize must be 'none', 'int8' (dynamic) or 'int8-static' (QDQ, calibrated), got '{r.export.quantize}'")
 
     task = get_task(r.task)
     p = r.prune

@@ -80,3 +80,26 @@ def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):
         assert ((w.reshape(-1, 4, w.shape[1]) != 0).sum(1) <= 2).all()
     assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "2:4", "--sparsity", "0.8", "--out", tmp_path / "r2"), "--sparsity 0.5")
     assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "4:2", "--sparsity", "0.5", "--out", tmp_path / "r3"), "0 < N < M")
+
+
+def test_static_qdq_int8_keeps_zeros_and_matches_fp32(int8_run, tmp_path):
+    import onnx
+
+    from prune2deploy.benchmark import fixed_inputs
+    from prune2deploy.models import load_tokenizer
+    from prune2deploy.runtimes import onnxruntime as ort_rt
+    from prune2deploy.stages.quantize import check_zeros_kept, quantize_int8_static
+
+    export = int8_run / "export"
+    tok = load_tokenizer(str(export))
+    texts = [("a quiet, moving film", None), ("dull and far too long", None), ("the cast is wonderful", None)]
+    batches = [fixed_inputs(tok, texts, 3, 32), fixed_inputs(tok, texts[::-1], 3, 32)]
+    quantize_int8_static(export / "model.onnx", tmp_path / "qdq.onnx", batches)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "qdq.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops  # QDQ, not the dynamic operators
+    rec = json.loads((int8_run / "quantize" / "stage.json").read_text())["result"]
+    names = [t["onnx_name"] for t in json.loads((export / "stage.json").read_text())["result"]["per_tensor"].values()]
+    zeros = check_zeros_kept(export / "model.onnx", tmp_path / "qdq.onnx", names)
+    assert len(zeros["tensors"]) == rec["tensors"] == 12 and zeros["encoder_sparsity_int8"] >= 0.7 - 1e-6
+    ref, got = ort_rt.load(export / "model.onnx", 1)(batches[0])[0], ort_rt.load(tmp_path / "qdq.onnx", 1)(batches[0])[0]
+    assert np.abs(ref - got).max() < 0.5 * (np.abs(ref).max() + 1e-3)  # close to fp32, not equal

@@ -119,7 +119,7 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
     if int8:  # the sparse INT8 graph of the quantize stage, with its own verified zero counts
         qjson = run_dir / "quantize" / "quantize.json"
         q = read_json(qjson) if qjson.is_file() else {}
-        if q.get("quantize") != "int8":
+        if q.get("quantize") not in ("int8", "int8-static"):
             raise UserError(f"{run_dir}: no INT8 model; run with --quantize int8 first")
         source = run_dir / "quantize" / "model.int8.onnx"
         qt = q["zeros"]["tensors"]

@@ -152,7 +152,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         "sparse": {"onnx": export_dir / "model.onnx", "hf": str(run_dir / "prune" / "model")},
     }
     int8 = run_dir / "quantize" / "model.int8.onnx"
-    if recipe.export.quantize == "int8" and int8.is_file():  # checked against the fp32 sparse PyTorch model
+    if recipe.export.quantize != "none" and int8.is_file():  # checked against the fp32 sparse PyTorch model
         models["sparse-int8"] = {"onnx": int8, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"}
     cache: dict = {}
 

@@ -1,8 +1,12 @@
-"""Stage 4b: sparse + INT8 (`export.quantize: int8`, CLI `--quantize int8`); a no-op otherwise.
+"""Stage 4b: sparse + INT8 (`export.quantize: int8 | int8-static`, CLI `--quantize`); a no-op otherwise.
 
-ONNX Runtime dynamic quantization of the exported sparse graph: the encoder's weight MatMuls
-get symmetric per-channel INT8 weights (zero point 0, so a pruned weight stays exactly 0) and
-activations are quantized on the fly. Then, before anything else trusts it:
+ONNX Runtime quantization of the exported sparse graph; the encoder's weight MatMuls get
+symmetric per-channel INT8 weights (zero point 0, so a pruned weight stays exactly 0):
+- `int8`: dynamic, activations quantized on the fly (MatMulInteger / DynamicQuantizeLinear);
+- `int8-static`: static QDQ (QuantizeLinear/DequantizeLinear pairs), activation ranges
+  calibrated (min-max) on `CALIBRATION_EXAMPLES` real training-free dev inputs of the task;
+  the format DeepSparse and OpenVINO read as INT8.
+Then, before anything else trusts it:
 - sparsity, tensor by tensor: every weight that is zero in the verified fp32 graph is zero in
   its INT8 twin (rounding may add a few zeros; those are counted, never hidden);
 - accuracy: the task's own evaluation on the same dev data, run through ONNX Runtime on the
@@ -23,7 +27,8 @@ from ..models import load_tokenizer
 from ..progress import log
 from .common import setup
 
-MODES = ("none", "int8")
+MODES = ("none", "int8", "int8-static")
+CALIBRATION_EXAMPLES = 64
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -36,6 +41,30 @@ def quantize_int8(src: Path, dst: Path) -> None:
     root.setLevel(logging.ERROR)  # ORT logs a "consider pre-processing" hint on the root logger
     try:
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
+    """Static QDQ INT8: weights symmetric per channel, activations uint8 with ranges from `batches`."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True})
     finally:
         root.setLevel(level)
 
@@ -92,7 +121,15 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     task, _ = setup(recipe)
     export_dir = run_dir / "export"
     fp32 = export_dir / "model.onnx"
-    quantize_int8(fp32, out / "model.int8.onnx")
+    _, dev, _ = task.load(recipe)
+    tokenizer = load_tokenizer(str(export_dir))
+    if mode == "int8-static":
+        samples = task.sample_inputs(dev, CALIBRATION_EXAMPLES)
+        seq = recipe.data.max_length
+        batches = [task.encode(tokenizer, samples[i:i + 8], len(samples[i:i + 8]), seq) for i in range(0, len(samples), 8)]
+        quantize_int8_static(fp32, out / "model.int8.onnx", batches)
+    else:
+        quantize_int8(fp32, out / "model.int8.onnx")
     for f in export_dir.iterdir():  # tokenizer and config beside the INT8 graph: a self-contained dir
         if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
             shutil.copy2(f, out / f.name)
@@ -100,8 +137,6 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     zeros = check_zeros_kept(fp32, out / "model.int8.onnx", checked)
     log(f"quantize: {len(checked)} encoder weights INT8, zeros kept; sparsity {zeros['encoder_sparsity_int8']:.4f} (+{zeros['extra_zeros_from_rounding']} zeros from rounding)")
 
-    _, dev, _ = task.load(recipe)
-    tokenizer = load_tokenizer(str(export_dir))
     threads = recipe.threads or torch.get_num_threads()
     metrics = {}
     for label, path in (("sparse_int8", out / "model.int8.onnx"), ("sparse_fp32_onnx", fp32)):
