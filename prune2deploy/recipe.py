@@ -83,6 +83,8 @@ class ExportConfig:
     atol: float = 1e-3  # max |onnx - torch| on logits
     parity_examples: int = 8
     quantize: str = "none"  # none | int8 (ORT dynamic) | int8-static (QDQ, calibrated); per-channel symmetric INT8 weights: zeros stay zero
+    qat_epochs: float = 0.0  # > 0 (with int8-static): quantization-aware KD fine-tuning of the sparse model first
+    qat_lr: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,10 @@ def validate(r: Recipe) -> None:
         raise UserError(f"--pattern: {e}") from None
     if nm and abs(r.prune.target_sparsity - (1 - nm[0] / nm[1])) > 1e-9:
         raise UserError(f"--pattern {r.prune.pattern} means {1 - nm[0] / nm[1]:g} sparsity: pass --sparsity {1 - nm[0] / nm[1]:g}")
+    if r.export.qat_epochs < 0 or r.export.qat_lr <= 0:
+        raise UserError("export.qat_epochs must be >= 0 and export.qat_lr > 0")
+    if r.export.qat_epochs > 0 and r.export.quantize != "int8-static":
+        raise UserError("export.qat_epochs needs --quantize int8-static (QAT learns the static QDQ graph's rounding)")
     if r.export.quantize not in ("none", "int8", "int8-static"):
         raise UserError(f"--quantize must be 'none', 'int8' (dynamic) or 'int8-static' (QDQ, calibrated), got '{r.export.quantize}'")
 

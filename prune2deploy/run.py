@@ -25,14 +25,14 @@ from .recipe import Recipe
 from .stages.common import checkpoint_path
 
 STAGES = ("teacher", "prune", "validate", "export", "quantize", "bench")
-DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "quantize": ("export",), "bench": ("export", "quantize")}
+DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "quantize": ("teacher", "prune", "export"), "bench": ("export", "quantize")}
 # Which recipe fields each stage reads (its cache key), besides its upstream outputs.
 READS = {
     "teacher": ("task", "model", "seed", "precision", "attention_dropout", "data", "teacher"),
     "prune": ("task", "model", "seed", "precision", "attention_dropout", "data", "prune"),
     "validate": ("task", "data"),
     "export": ("task", "export"),
-    "quantize": ("task", "data", "export", "threads"),
+    "quantize": ("task", "seed", "precision", "attention_dropout", "data", "prune", "export", "threads"),  # QAT trains
     "bench": ("task", "data", "bench", "threads"),
 }
 

@@ -103,3 +103,42 @@ def test_static_qdq_int8_keeps_zeros_and_matches_fp32(int8_run, tmp_path):
     assert len(zeros["tensors"]) == rec["tensors"] == 12 and zeros["encoder_sparsity_int8"] >= 0.7 - 1e-6
     ref, got = ort_rt.load(export / "model.onnx", 1)(batches[0])[0], ort_rt.load(tmp_path / "qdq.onnx", 1)(batches[0])[0]
     assert np.abs(ref - got).max() < 0.5 * (np.abs(ref).max() + 1e-3)  # close to fp32, not equal
+
+
+def test_fake_quant_keeps_zeros_lands_on_the_int8_grid_and_passes_gradients():
+    import torch
+
+    from prune2deploy.qat import fake_quant_act, fake_quant_weight
+
+    w = torch.randn(6, 16)
+    w[w.abs() < 0.5] = 0.0
+    w.requires_grad_(True)
+    q = fake_quant_weight(w)
+    assert torch.equal(q[w == 0], torch.zeros_like(q[w == 0]))
+    s = w.detach().abs().amax(1, keepdim=True) / 127
+    grid = q.detach() / s
+    assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 127 + 1e-4
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
+    x = torch.linspace(-1, 3, 101)
+    xq = fake_quant_act(x, -1.0, 3.0)
+    assert (xq - x).abs().max() <= 4.0 / 255 / 2 + 1e-6 and len(torch.unique(xq)) <= 256
+
+
+def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--quantize", "int8-static", "--set", "export.qat_epochs=1", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = json.loads((out / "quantize" / "stage.json").read_text())["result"]
+    assert rec["quantize"] == "int8-static" and rec["qat"]["steps"] > 0 and abs(rec["qat"]["encoder_sparsity"] - 0.7) < 1e-3
+    assert rec["tensors"] == 12 and rec["encoder_sparsity_int8"] >= 0.7 - 1e-6
+    assert {"sparse_int8", "sparse_fp32_onnx", "sparse_qat_fp32_onnx"} <= set(rec["metrics"])
+    report = json.loads((out / "report.json").read_text())
+    assert any(r["model"] == "sparse-int8" and "p50_ms" in r for r in report["bench"])
+    art = tmp_path / "art"
+    assert p2d("package", out, "--out", art, "--int8").returncode == 0
+    assert len(json.loads((art / "manifest.json").read_text())["onnx_initializers"]) == 12
+    res = p2d("verify", art)
+    assert res.returncode == 0, res.stdout + res.stderr
+    bad = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--model", tiny_model_dir, "--quantize", "int8", "--set", "export.qat_epochs=1", "--out", tmp_path / "r2")
+    assert_user_error(bad, "needs --quantize int8-static")

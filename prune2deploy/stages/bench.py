@@ -153,7 +153,8 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     }
     int8 = run_dir / "quantize" / "model.int8.onnx"
     if recipe.export.quantize != "none" and int8.is_file():  # checked against the fp32 sparse PyTorch model
-        models["sparse-int8"] = {"onnx": int8, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"}
+        qat_model = run_dir / "quantize" / "qat_model"  # the INT8 graph of a QAT run comes from this model
+        models["sparse-int8"] = {"onnx": int8, "hf": None, "ref": str(qat_model if qat_model.is_dir() else run_dir / "prune" / "model"), "precision": "int8"}
     cache: dict = {}
 
     def inputs_for(b, s):

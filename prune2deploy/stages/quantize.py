@@ -3,9 +3,10 @@
 ONNX Runtime quantization of the exported sparse graph; the encoder's weight MatMuls get
 symmetric per-channel INT8 weights (zero point 0, so a pruned weight stays exactly 0):
 - `int8`: dynamic, activations quantized on the fly (MatMulInteger / DynamicQuantizeLinear);
-- `int8-static`: static QDQ (QuantizeLinear/DequantizeLinear pairs), activation ranges
-  calibrated (min-max) on `CALIBRATION_EXAMPLES` real training-free dev inputs of the task;
-  the format DeepSparse and OpenVINO read as INT8.
+- `int8-static`: static QDQ (QuantizeLinear/DequantizeLinear pairs) on the weight MatMuls,
+  their input activations' ranges calibrated (min-max) on `CALIBRATION_EXAMPLES` dev inputs
+  of the task; the format DeepSparse and OpenVINO read as INT8. With `export.qat_epochs`, the
+  sparse model is first fine-tuned against exactly this rounding (`qat.py`) and re-exported.
 Then, before anything else trusts it:
 - sparsity, tensor by tensor: every weight that is zero in the verified fp32 graph is zero in
   its INT8 twin (rounding may add a few zeros; those are counted, never hidden);
@@ -58,11 +59,18 @@ def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
         def get_next(self):
             return next(self.it, None)
 
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    # the weight MatMuls only (the Linears, pruned or not): attention's activation x activation
+    # MatMuls stay fp32, as QAT (`qat.py`) models it
+    nodes = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True})
     finally:
@@ -123,6 +131,11 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     fp32 = export_dir / "model.onnx"
     _, dev, _ = task.load(recipe)
     tokenizer = load_tokenizer(str(export_dir))
+    qat_info = None
+    checked = [t["onnx_name"] for t in upstream["export"]["result"]["per_tensor"].values() if t.get("onnx_name") and "[" not in t["onnx_name"]]
+    if recipe.export.qat_epochs > 0:  # fine-tune with fake INT8, re-export, quantize that graph
+        qat_info, checked = quantization_aware_finetune(recipe, task, upstream, run_dir, out)
+        fp32 = out / "model.qat.onnx"
     if mode == "int8-static":
         samples = task.sample_inputs(dev, CALIBRATION_EXAMPLES)
         seq = recipe.data.max_length
@@ -133,15 +146,60 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     for f in export_dir.iterdir():  # tokenizer and config beside the INT8 graph: a self-contained dir
         if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
             shutil.copy2(f, out / f.name)
-    checked = [t["onnx_name"] for t in upstream["export"]["result"]["per_tensor"].values() if t.get("onnx_name") and "[" not in t["onnx_name"]]
     zeros = check_zeros_kept(fp32, out / "model.int8.onnx", checked)
     log(f"quantize: {len(checked)} encoder weights INT8, zeros kept; sparsity {zeros['encoder_sparsity_int8']:.4f} (+{zeros['extra_zeros_from_rounding']} zeros from rounding)")
 
     threads = recipe.threads or torch.get_num_threads()
     metrics = {}
-    for label, path in (("sparse_int8", out / "model.int8.onnx"), ("sparse_fp32_onnx", fp32)):
+    graphs = [("sparse_int8", out / "model.int8.onnx"), ("sparse_fp32_onnx", export_dir / "model.onnx")]
+    if qat_info:
+        graphs.append(("sparse_qat_fp32_onnx", fp32))
+    for label, path in graphs:
         m, _ = task.evaluate(OnnxAsModel(path, threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}")
         metrics[label] = m
-    write_json_atomic(out / "quantize.json", {"quantize": mode, "zeros": zeros, "metrics": metrics})
+    write_json_atomic(out / "quantize.json", {"quantize": mode, "zeros": zeros, "metrics": metrics, "qat": qat_info})
     return {"quantize": mode, "path": "quantize/model.int8.onnx", "metrics": metrics, "encoder_sparsity_int8": zeros["encoder_sparsity_int8"],
-            "extra_zeros_from_rounding": zeros["extra_zeros_from_rounding"], "tensors": len(checked)}
+            "extra_zeros_from_rounding": zeros["extra_zeros_from_rounding"], "tensors": len(checked), "qat": qat_info}
+
+
+def quantization_aware_finetune(recipe, task, upstream: dict, run_dir: Path, out: Path) -> tuple[dict, list[str]]:
+    """`export.qat_epochs` of KD fine-tuning of the sparse model with fake INT8 (`qat.py`),
+    masks held; the result is saved (`quantize/qat_model`), exported to `model.qat.onnx`
+    and its sparsity verified against the masks tensor by tensor, as the export stage does."""
+    from .. import qat
+    from ..files import inside
+    from ..models import load_model
+    from ..onnx_sparsity import require_ok, verify
+    from ..pruning import masks as M
+    from ..training import FitConfig, fit
+    from .common import train_data
+    from .export import export_onnx
+
+    e, p = recipe.export, recipe.prune
+    sparse_dir = inside(run_dir, upstream["prune"]["result"]["model_dir"], "prune record model_dir")
+    teacher = load_model(upstream["teacher"]["result"]["model_dir"], task.auto_class, task.num_labels)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    student = load_model(str(sparse_dir), task.auto_class, task.num_labels, recipe.attention_dropout)
+    tokenizer = load_tokenizer(str(sparse_dir))
+    masks = M.load_masks(inside(run_dir, upstream["prune"]["result"]["masks"], "prune record masks"))
+    modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
+    M.set_masks(modules, masks)
+    features, _, _ = train_data(recipe, task, tokenizer)
+    total = max(1, round(e.qat_epochs * max(1, len(features) // p.batch_size)))
+    cfg = FitConfig(total_steps=total, batch_size=p.batch_size, lr_at=lambda step: e.qat_lr * (1 - step / total), precision=recipe.precision, seed=recipe.seed + 7,
+                    kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, description="QAT (fake INT8)")
+    qat.attach(modules)
+    try:
+        log_ = fit(student, features, tokenizer, cfg, teacher=teacher if p.kd_hardness > 0 else None, modules=modules)
+    finally:
+        qat.detach(modules)
+    student.save_pretrained(out / "qat_model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "qat_model")
+    export_onnx(out / "qat_model", task, e.opset, out / "model.qat.onnx")
+    params = dict(student.named_parameters())
+    report = verify(out / "model.qat.onnx", {k: params[k].detach().numpy() for k in masks}, {k: v.numpy() for k, v in masks.items()})
+    require_ok(report, "model.qat.onnx")
+    info = {"epochs": e.qat_epochs, "steps": total, "lr": e.qat_lr, "final_loss": log_["losses"][-1]["loss"] if log_["losses"] else None,
+            "encoder_sparsity": report["encoder_sparsity"], "model_dir": "quantize/qat_model"}
+    return info, [t["onnx_name"] for t in report["tensors"] if "[" not in t["onnx_name"]]

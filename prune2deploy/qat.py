@@ -1,0 +1,62 @@
+"""Quantization-aware fine-tuning (QAT) of a pruned model, matched to the static QDQ graph.
+
+The quantize stage's `int8-static` graph quantizes every weight MatMul: weights symmetric
+per output channel (scale max|w| / 127, zero point 0) and the MatMul's input activation
+asymmetric uint8 per tensor (min-max range, 0 inside it). During QAT each prunable Linear runs
+on fake-quantized weights and inputs of exactly that form, with straight-through gradients,
+so the fine-tuning learns weights that survive the rounding. A pruned weight fake-quantizes
+to 0 (0 / s = 0) and the masks are re-applied after every step as in pruning. `detach`
+returns the plain Linears; the weights stay fp32, on (or next to) the INT8 grid, and the
+static quantizer then rounds them to the same values.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MOMENTUM = 0.01  # running min/max of the activations (EMA), like an observer
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    s = w.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    q = torch.clamp(torch.round(w / s), -127, 127) * s
+    return w + (q - w).detach()  # straight-through estimator
+
+
+def fake_quant_act(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    s = max(hi - lo, 1e-8) / 255.0
+    zp = round(-lo / s)
+    q = (torch.clamp(torch.round(x / s) + zp, 0, 255) - zp) * s
+    return x + (q - x).detach()
+
+
+def attach(modules: dict[str, nn.Module]) -> None:
+    """Give each Linear a fake-quantized forward (and activation-range buffers)."""
+    for module in modules.values():
+        module.register_buffer("qat_range", torch.tensor([float("inf"), float("-inf")]), persistent=False)
+
+        def forward(x, m=module):
+            if m.training:
+                with torch.no_grad():
+                    lo, hi = x.min().float(), x.max().float()
+                    r = m.qat_range
+                    if torch.isinf(r[0]):
+                        r.copy_(torch.stack([lo, hi]))
+                    else:
+                        r.mul_(1 - MOMENTUM).add_(torch.stack([lo, hi]) * MOMENTUM)
+            lo, hi = (float(v) for v in m.qat_range)
+            xq = fake_quant_act(x, lo, hi) if lo < hi else x
+            return F.linear(xq, fake_quant_weight(m.weight), m.bias)
+
+        module.forward = forward
+
+
+def detach(modules: dict[str, nn.Module]) -> None:
+    for module in modules.values():
+        if "forward" in module.__dict__:
+            del module.forward
+        if hasattr(module, "qat_range"):
+            del module._buffers["qat_range"]
