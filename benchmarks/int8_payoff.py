@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default="benchmarks/results/int8_payoff")
+    ap.add_argument("--qat-epochs", type=float, default=0.0, help="> 0: also QAT (the quantize stage's own) then static QDQ")
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
     recipe = load_run_recipe(run_dir)
@@ -55,8 +57,23 @@ def main() -> None:
         names = [t["onnx_name"] for t in per_tensor.values() if "[" not in t["onnx_name"]]
         zeros = check_zeros_kept(export_dir / "model.onnx", int8, names)
         zeros_static = check_zeros_kept(export_dir / "model.onnx", qdq, names)
+        graphs = [("dense_fp32", export_dir / "dense.onnx"), ("sparse_fp32", export_dir / "model.onnx"), ("sparse_int8", int8), ("sparse_int8_static", qdq)]
+        qat_info = None
+        if args.qat_epochs > 0:
+            from dataclasses import replace
+
+            from prune2deploy.stages.quantize import quantization_aware_finetune
+
+            upstream = {s: read_json(run_dir / s / "stage.json") for s in ("teacher", "prune", "export")}
+            r = replace(recipe, export=replace(recipe.export, quantize="int8-static", qat_epochs=args.qat_epochs))
+            t0 = time.time()
+            qat_info, _ = quantization_aware_finetune(r, task, upstream, run_dir, Path(tmp))
+            qat_info["seconds"] = round(time.time() - t0, 1)
+            qat_q = Path(tmp) / "model.int8-static-qat.onnx"
+            quantize_int8_static(Path(tmp) / "model.qat.onnx", qat_q, [task.encode(tokenizer, cal[i:i + 8], len(cal[i:i + 8]), recipe.data.max_length) for i in range(0, len(cal), 8)])
+            graphs += [("sparse_qat_fp32", Path(tmp) / "model.qat.onnx"), ("sparse_int8_static_qat", qat_q)]
         metrics = {}
-        for label, path in (("dense_fp32", export_dir / "dense.onnx"), ("sparse_fp32", export_dir / "model.onnx"), ("sparse_int8", int8), ("sparse_int8_static", qdq)):
+        for label, path in graphs:
             m, _ = task.evaluate(OnnxAsModel(path, args.threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}")
             metrics[label] = m
             print(label, json.dumps(m), flush=True)
@@ -67,6 +84,8 @@ def main() -> None:
             "sparse-int8": {"onnx": int8, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"},
             "sparse-int8-static": {"onnx": qdq, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"},
         }
+        if qat_info:
+            models["sparse-int8-static-qat"] = {"onnx": Path(tmp) / "model.int8-static-qat.onnx", "hf": None, "ref": str(Path(tmp) / "qat_model"), "precision": "int8"}
         samples = task.sample_inputs(dev, 64)
         cache: dict = {}
 
@@ -79,7 +98,7 @@ def main() -> None:
         rows, _ = bench_models(models, inputs_for, cfg, args.threads, task.auto_class, lambda label, x: reference_outputs(models[label]["ref"], task.auto_class, x))
     print(markdown(rows))
     result = {"run_dir": str(run_dir), "task": recipe.task, "threads": args.threads, "load": os.getloadavg(), "zeros": {k: v for k, v in zeros.items() if k != "tensors"}, "zeros_static": {k: v for k, v in zeros_static.items() if k != "tensors"},
-              "metrics": metrics, "rows": rows}
+              "metrics": metrics, "qat": qat_info, "rows": rows}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(markdown(rows))
 

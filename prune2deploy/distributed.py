@@ -58,6 +58,13 @@ def accelerator():
     return _accelerator
 
 
+def device() -> torch.device:
+    """Where training runs: this rank's device, else the GPU when there is one, else the CPU."""
+    if active():
+        return accelerator().device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def rank() -> int:
     return accelerator().process_index if active() else 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from . import distributed as D
 from .errors import UserError
 from .files import write_json_atomic
 from .progress import log
@@ -53,6 +54,8 @@ def run_sweep(points: list[Recipe], root: Path, force: bool = False) -> dict:
         log(f"[bold]sweep point {i}/{len(points)}[/bold]: {recipe.prune.method} @ {recipe.prune.target_sparsity:g} → {run_dir}")
         try:
             report = run_pipeline(recipe, run_dir, force=force)
+            if not D.is_main():  # several processes: rank 0 keeps the summary
+                continue
             metric = report.get("metric")
             summary["points"].append({"method": recipe.prune.method, "sparsity": recipe.prune.target_sparsity, "run_dir": str(run_dir), "status": "done",
                                       "metric": metric, "dense": report["metrics"]["dense"].get(metric), "sparse": report["metrics"]["sparse"].get(metric)})
@@ -61,6 +64,7 @@ def run_sweep(points: list[Recipe], root: Path, force: bool = False) -> dict:
         except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
             log(f"[red]sweep point {recipe.prune.method} @ {recipe.prune.target_sparsity:g} failed: {type(e).__name__}: {e}[/red]")
             summary["points"].append({"method": recipe.prune.method, "sparsity": recipe.prune.target_sparsity, "run_dir": str(run_dir), "status": "failed", "error": f"{type(e).__name__}: {e}"})
-        write_json_atomic(out, summary)
+        if D.is_main():
+            write_json_atomic(out, summary)
     summary["path"] = str(out)
     return summary

@@ -163,7 +163,10 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
     from .pruning import distill
     from .pruning import masks as M
 
-    device = next(model.parameters()).device
+    device = D.device()  # a GPU when there is one (this rank's, with several processes)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
     fn = collate(tokenizer)
     D.check_batch(cfg.batch_size, "batch size")
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
@@ -235,6 +238,9 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
             bar.advance(info=info)
             if cfg.checkpoint and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
                 checkpoint()
+    model.to("cpu")  # callers save, verify and export on the CPU
+    if teacher is not None:
+        teacher.to("cpu")
     return log
 
 

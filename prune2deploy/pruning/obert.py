@@ -157,7 +157,7 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
         if sum_across_ranks is not None:
             for f in fs.values():
                 sum_across_ranks(f)
-            count = int(sum_across_ranks(torch.tensor([float(count)])).item())
+            count = int(sum_across_ranks(torch.tensor([float(count)], device=next(iter(fs.values())).device)).item())
         if count != m:
             raise RuntimeError(f"oBERT expected {m} gradients, got {count}")
         return {n: invert_(f) for n, f in fs.items()}
