@@ -94,3 +94,15 @@ def test_p2d_run_with_accelerate_launcher(tmp_path, tiny_model_dir):
 
 def test_launcher_bad_input(tmp_path):
     assert_user_error(p2d("run", "rotten_tomatoes", "--launcher", "slurm", "--out", tmp_path / "r"), "--launcher must be none or accelerate")
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):
+    from prune2deploy import distributed as D
+    from prune2deploy.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(UserError, match="batch size 8 is not divisible by the 3 processes"):
+        D.check_batch(8, "batch size")
+    D.check_batch(9, "batch size")  # 3 each
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    D.check_batch(8, "batch size")
