@@ -20,6 +20,7 @@ One process (no launcher) is the plain path: every helper here is then a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import OtherRankFailed, UserError
 
 PARALLEL_STAGES = ("teacher", "prune")
 _accelerator = None
@@ -85,6 +86,19 @@ def agree(ok: bool) -> bool:
     t = torch.tensor([0.0 if ok else 1.0], device=accelerator().device)
     torch.distributed.all_reduce(t)
     return float(t.item()) == 0.0
+
+
+@contextlib.contextmanager
+def together(what: str):
+    """All ranks leave the block together; when it failed on another rank, this one stops
+    too with one line (the failing rank raises its own error)."""
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if not agree(ok) and ok:
+            raise OtherRankFailed(f"{what} failed on another rank (see its error)")
 
 
 def shard(indices: list[int]) -> list[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from . import distributed as D
-from .errors import OtherRankFailed, UserError
+from .errors import UserError
 from .files import hash_dir, read_json, replace_dir, sha256_json, write_json_atomic
 from .progress import log
 from .recipe import Recipe
@@ -135,8 +135,7 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
     """Teacher and prune run on every rank (data parallel), the others on rank 0 only; a
     non-main rank's outputs go to a scratch dir that is removed. After the stage every rank
     waits for rank 0's record and returns it; a failure on rank 0 stops every rank."""
-    ok = True
-    try:
+    with D.together(f"stage '{stage}'"):
         if D.is_main():
             _run_stage_here(stage, recipe, run_dir, upstream, key)
         elif stage in D.PARALLEL_STAGES:
@@ -145,12 +144,6 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
                 _run_stage_here(stage, recipe, run_dir, upstream, key, out=scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-    except BaseException:
-        ok = False
-        raise
-    finally:
-        if not D.agree(ok) and ok:
-            raise OtherRankFailed(f"stage '{stage}' failed on another rank (see its error)")
     rec = read_record(run_dir, stage)
     if rec is None:
         raise RuntimeError(f"stage '{stage}': no record from rank 0 in {run_dir} (all ranks need the same run dir)")
@@ -216,16 +209,9 @@ def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES
     from .report import build_report, print_summary
 
     preflight(recipe)
-    ok = True
-    try:
+    with D.together(f"preparing {run_dir}"):
         if D.is_main():  # one writer of the run dir
             prepare_run_dir(recipe, run_dir, force=force)
-    except BaseException:
-        ok = False
-        raise
-    finally:
-        if not D.agree(ok) and ok:
-            raise OtherRankFailed(f"rank 0 could not prepare {run_dir} (see its error)")
     records = {}
     for stage in stages:
         records[stage] = run_stage(stage, recipe, run_dir)

@@ -63,6 +63,23 @@ def main(out: Path, method: str, total: int, stop_at: int = 0, ckpt: str = "") -
     save_file(tensors, str(out / f"rank{D.rank()}.safetensors"))
 
 
+def together(out: Path) -> None:
+    """Rank 1 fails inside `D.together`; rank 0 must stop with OtherRankFailed, not hang."""
+    from prune2deploy import distributed as D
+    from prune2deploy.errors import OtherRankFailed
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with D.together("stage 'x'"):
+            if D.rank() == 1:
+                raise ValueError("boom on rank 1")
+    except (OtherRankFailed, ValueError) as e:
+        (out / f"rank{D.rank()}.txt").write_text(f"{type(e).__name__}: {e}")
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
+    if a[1] == "together":
+        together(Path(a[0]))
+        sys.exit(0)
     main(Path(a[0]), a[1], int(a[2]), int(a[3]) if len(a) > 3 else 0, a[4] if len(a) > 4 else "")

@@ -106,3 +106,10 @@ def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):
     D.check_batch(9, "batch size")  # 3 each
     monkeypatch.setenv("WORLD_SIZE", "1")
     D.check_batch(8, "batch size")
+
+
+def test_a_failure_on_one_rank_stops_the_others(tmp_path):
+    res = worker(tmp_path, "together", procs=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "rank1.txt").read_text() == "ValueError: boom on rank 1"
+    assert (tmp_path / "rank0.txt").read_text() == "OtherRankFailed: stage 'x' failed on another rank (see its error)"
