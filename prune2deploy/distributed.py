@@ -20,6 +20,7 @@ One process (no launcher) is the plain path: every helper here is then a no-op.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -56,7 +57,14 @@ def accelerator():
         # generous timeout for the others' wait.
         _accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
             DistributedDataParallelKwargs(broadcast_buffers=False), InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+        atexit.register(_shutdown)
     return _accelerator
+
+
+def _shutdown() -> None:
+    """Tear the process group down before the interpreter exits (a live gloo thread aborts it)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def device() -> torch.device:
