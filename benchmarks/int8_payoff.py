@@ -26,7 +26,7 @@ from prune2deploy.models import load_tokenizer
 from prune2deploy.recipe import BenchConfig
 from prune2deploy.run import load_run_recipe
 from prune2deploy.stages.bench import bench_models, markdown, reference_outputs
-from prune2deploy.stages.quantize import CALIBRATION_EXAMPLES, OnnxAsModel, check_zeros_kept, quantize_int8, quantize_int8_static
+from prune2deploy.stages.quantize import OnnxAsModel, calibration_batches, check_zeros_kept, quantize_int8, quantize_int8_static
 from prune2deploy.tasks.registry import get_task
 
 
@@ -51,8 +51,8 @@ def main() -> None:
         int8, qdq = Path(tmp) / "model.int8.onnx", Path(tmp) / "model.int8-static.onnx"
         tokenizer = load_tokenizer(str(export_dir))
         quantize_int8(export_dir / "model.onnx", int8)
-        cal = task.sample_inputs(dev, CALIBRATION_EXAMPLES)
-        quantize_int8_static(export_dir / "model.onnx", qdq, [task.encode(tokenizer, cal[i:i + 8], len(cal[i:i + 8]), recipe.data.max_length) for i in range(0, len(cal), 8)])
+        cal = calibration_batches(task, tokenizer, dev, recipe.data.max_length)
+        quantize_int8_static(export_dir / "model.onnx", qdq, cal)
         per_tensor = read_json(export_dir / "stage.json")["result"]["per_tensor"]
         names = [t["onnx_name"] for t in per_tensor.values() if "[" not in t["onnx_name"]]
         zeros = check_zeros_kept(export_dir / "model.onnx", int8, names)
@@ -70,7 +70,7 @@ def main() -> None:
             qat_info, _ = quantization_aware_finetune(r, task, upstream, run_dir, Path(tmp))
             qat_info["seconds"] = round(time.time() - t0, 1)
             qat_q = Path(tmp) / "model.int8-static-qat.onnx"
-            quantize_int8_static(Path(tmp) / "model.qat.onnx", qat_q, [task.encode(tokenizer, cal[i:i + 8], len(cal[i:i + 8]), recipe.data.max_length) for i in range(0, len(cal), 8)])
+            quantize_int8_static(Path(tmp) / "model.qat.onnx", qat_q, cal)
             graphs += [("sparse_qat_fp32", Path(tmp) / "model.qat.onnx"), ("sparse_int8_static_qat", qat_q)]
         metrics = {}
         for label, path in graphs:

@@ -184,7 +184,7 @@ def relaunch(argv: list[str], launcher: str, processes: int) -> int:
     if launcher != "accelerate":
         raise UserError(f"--launcher must be none or accelerate, got '{launcher}'")
     if processes < 0:
-        raise UserError(f"--processes must be at least 1, got {processes}")
+        raise UserError(f"--processes must be 0 (one per GPU, or 2 without one) or more, got {processes}")
     processes = processes or torch.cuda.device_count() or 2
     argv = strip_launch_options(argv)
     if active():

@@ -14,7 +14,7 @@ console = Console(stderr=True)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    if os.environ.get("P2D_QUIET") == "1":
+    if _quiet():
         yield from items
         return
     with Bar(description, total if total is not None else len(items)) as bar:  # type: ignore[arg-type]
@@ -30,7 +30,7 @@ class Bar:
     """
 
     def __init__(self, description: str, total: int):
-        self.quiet = os.environ.get("P2D_QUIET") == "1" or os.environ.get("RANK", "0") != "0"  # one bar: rank 0's
+        self.quiet = _quiet()
         self.progress = None
         self.description, self.total, self.done, self.next_mark = description, max(1, total), 0, 0.1
         self.started = time.time()
@@ -61,6 +61,11 @@ class Bar:
             console.print(f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}) {elapsed:.0f}s {info or ''}", highlight=False)
 
 
+def _quiet() -> bool:
+    """P2D_QUIET=1, or a process other than rank 0 of several (one bar, one log: rank 0's)."""
+    return os.environ.get("P2D_QUIET") == "1" or os.environ.get("RANK", "0") != "0"
+
+
 def log(msg: str) -> None:
-    if os.environ.get("P2D_QUIET") != "1" and os.environ.get("RANK", "0") == "0":
+    if not _quiet():
         console.print(msg, highlight=False)

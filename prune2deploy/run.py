@@ -138,10 +138,12 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
     with D.together(f"stage '{stage}'"):
         if D.is_main():
             _run_stage_here(stage, recipe, run_dir, upstream, key)
-        elif stage in D.PARALLEL_STAGES:
+        elif stage in D.PARALLEL_STAGES:  # computed here, never committed
             scratch = D.scratch(run_dir, stage)
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
             try:
-                _run_stage_here(stage, recipe, run_dir, upstream, key, out=scratch)
+                importlib.import_module(f".stages.{stage}", __package__).run(recipe, scratch, upstream, run_dir, key)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     rec = read_record(run_dir, stage)
@@ -150,13 +152,9 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
     return rec
 
 
-def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, key: str, out: Path | None = None) -> dict:
+def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, key: str) -> dict:
     module = importlib.import_module(f".stages.{stage}", __package__)
     tmp = run_dir / f".{stage}.tmp"
-    if out is not None:  # a non-main rank's scratch: computed, never committed
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        return module.run(recipe, out, upstream, run_dir, key)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

@@ -263,9 +263,9 @@ def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_siz
         gen = torch.Generator().manual_seed(seed * 100_003 + salt)
         fn = collate(tokenizer)
         with Bar(description, len(range(rank, n, world))) as bar:
-            for i in range(n):
+            for k in range(n):
                 idx = torch.randint(0, len(features), (batch_size,), generator=gen).tolist()
-                if i % world != rank:
+                if k % world != rank:  # drawn on every rank, so each rank's draws stay in step
                     continue
                 batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
                 model.zero_grad(set_to_none=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models import load_tokenizer, resolve_model
+from ..files import inside
+from ..models import load_model, resolve_model
 from ..tasks.registry import get_task
 from ..training import seed_everything, set_threads
 
@@ -23,6 +24,21 @@ def train_data(recipe, task, tokenizer):
     features = task.train_features(tokenizer, train, recipe.data)
     info = dict(info, train_features=len(features))
     return features, dev, info
+
+
+def load_teacher(upstream: dict, task):
+    """The teacher stage's model, frozen (a KD teacher and a baseline, never trained here)."""
+    teacher = load_model(upstream["teacher"]["result"]["model_dir"], task.auto_class, task.num_labels)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+def prune_masks(run_dir: Path, upstream: dict) -> dict:
+    """The prune stage's masks (its record may not point outside the run dir)."""
+    from ..pruning import masks as M
+
+    return M.load_masks(inside(run_dir, upstream["prune"]["result"]["masks"], "prune record masks"))
 
 
 def checkpoint_path(run_dir: Path, stage: str) -> Path:

@@ -22,7 +22,7 @@ from ..onnx_sparsity import require_ok, verify
 from ..pruning import masks as M
 from ..runtimes import onnxruntime as ort_rt
 from ..training import logits_of
-from .common import setup
+from .common import prune_masks, setup
 
 
 def export_onnx(model_dir: str | Path, task, opset: int, dest: Path) -> None:
@@ -43,6 +43,15 @@ def export_onnx(model_dir: str | Path, task, opset: int, dest: Path) -> None:
         finally:
             hf_logging.set_verbosity(verbosity)
         shutil.move(str(Path(tmp) / "model.onnx"), dest)
+
+
+def verify_against_masks(model, masks: dict, onnx_path: Path) -> dict:
+    """Every masked weight of `model` against its ONNX initializer, tensor by tensor; raises
+    VerificationError on a mismatch, returns the report."""
+    params = dict(model.named_parameters())
+    report = verify(onnx_path, {k: params[k].detach().numpy() for k in masks}, {k: v.numpy() for k, v in masks.items()})
+    require_ok(report, onnx_path.name)
+    return report
 
 
 @torch.no_grad()
@@ -66,11 +75,8 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     sparse = load_model(sparse_dir, task.auto_class, task.num_labels)
     sparse.config.save_pretrained(out)
 
-    masks = M.load_masks(inside(run_dir, upstream["prune"]["result"]["masks"], "prune record masks"))
-    params = dict(sparse.named_parameters())
-    weights = {k: params[k].detach().numpy() for k in masks}
-    report = verify(out / "model.onnx", weights, {k: v.numpy() for k, v in masks.items()})
-    require_ok(report, "model.onnx")
+    masks = prune_masks(run_dir, upstream)
+    report = verify_against_masks(sparse, masks, out / "model.onnx")
     nm = M.parse_pattern(recipe.prune.pattern)
     if nm:  # ONNX zeros equal the masks tensor by tensor (just verified), so the pattern holds there too
         try:

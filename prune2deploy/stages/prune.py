@@ -20,7 +20,7 @@ from ..pruning import masks as M
 from ..pruning.registry import get_method
 from ..pruning.schedule import make_plan
 from ..training import FitConfig, fit, gradient_stream
-from .common import checkpoint_path, setup, train_data
+from .common import checkpoint_path, load_teacher, setup, train_data
 
 
 def layer_sparsity(masks: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -32,10 +32,8 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     p = recipe.prune
     teacher_dir = upstream["teacher"]["result"]["model_dir"]
     tokenizer = load_tokenizer(teacher_dir)
-    teacher = load_model(teacher_dir, task.auto_class, task.num_labels)
+    teacher = load_teacher(upstream, task)
     student = load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
-    for param in teacher.parameters():
-        param.requires_grad_(False)
 
     features, _, data_info = train_data(recipe, task, tokenizer)
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)

@@ -16,6 +16,8 @@ Then, before anything else trusts it:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,24 +34,34 @@ MODES = ("none", "int8", "int8-static")
 CALIBRATION_EXAMPLES = 64
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+@contextlib.contextmanager
+def _root_logger_errors_only():
+    """ORT's quantizers log a "consider pre-processing" hint on the root logger."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs a "consider pre-processing" hint on the root logger
+    root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)
+        yield
     finally:
         root.setLevel(level)
 
 
+def quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _root_logger_errors_only():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)
+
+
+def calibration_batches(task, tokenizer, dev, seq_len: int, batch_size: int = 8) -> list[dict]:
+    """`CALIBRATION_EXAMPLES` dev inputs of the task, in its own input shape, in batches."""
+    samples = task.sample_inputs(dev, CALIBRATION_EXAMPLES)
+    return [task.encode(tokenizer, samples[i:i + batch_size], len(samples[i:i + batch_size]), seq_len) for i in range(0, len(samples), batch_size)]
+
+
 def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
     """Static QDQ INT8: weights symmetric per channel, activations uint8 with ranges from `batches`."""
-    import logging
-
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -59,22 +71,15 @@ def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
         def get_next(self):
             return next(self.it, None)
 
-    import onnx
-
     graph = onnx.load(str(src), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     # the weight MatMuls only (the Linears, pruned or not): attention's activation x activation
     # MatMuls stay fp32, as QAT (`qat.py`) models it
     nodes = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with _root_logger_errors_only():
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True})
-    finally:
-        root.setLevel(level)
 
 
 def check_zeros_kept(fp32_path: Path, int8_path: Path, tensors: list[str]) -> dict:
@@ -137,10 +142,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         qat_info, checked = quantization_aware_finetune(recipe, task, upstream, run_dir, out)
         fp32 = out / "model.qat.onnx"
     if mode == "int8-static":
-        samples = task.sample_inputs(dev, CALIBRATION_EXAMPLES)
-        seq = recipe.data.max_length
-        batches = [task.encode(tokenizer, samples[i:i + 8], len(samples[i:i + 8]), seq) for i in range(0, len(samples), 8)]
-        quantize_int8_static(fp32, out / "model.int8.onnx", batches)
+        quantize_int8_static(fp32, out / "model.int8.onnx", calibration_batches(task, tokenizer, dev, recipe.data.max_length))
     else:
         quantize_int8(fp32, out / "model.int8.onnx")
     for f in export_dir.iterdir():  # tokenizer and config beside the INT8 graph: a self-contained dir
@@ -169,20 +171,17 @@ def quantization_aware_finetune(recipe, task, upstream: dict, run_dir: Path, out
     from .. import qat
     from ..files import inside
     from ..models import load_model
-    from ..onnx_sparsity import require_ok, verify
     from ..pruning import masks as M
     from ..training import FitConfig, fit
-    from .common import train_data
-    from .export import export_onnx
+    from .common import load_teacher, prune_masks, train_data
+    from .export import export_onnx, verify_against_masks
 
     e, p = recipe.export, recipe.prune
     sparse_dir = inside(run_dir, upstream["prune"]["result"]["model_dir"], "prune record model_dir")
-    teacher = load_model(upstream["teacher"]["result"]["model_dir"], task.auto_class, task.num_labels)
-    for param in teacher.parameters():
-        param.requires_grad_(False)
+    teacher = load_teacher(upstream, task)
     student = load_model(str(sparse_dir), task.auto_class, task.num_labels, recipe.attention_dropout)
     tokenizer = load_tokenizer(str(sparse_dir))
-    masks = M.load_masks(inside(run_dir, upstream["prune"]["result"]["masks"], "prune record masks"))
+    masks = prune_masks(run_dir, upstream)
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
     M.set_masks(modules, masks)
     features, _, _ = train_data(recipe, task, tokenizer)
@@ -197,9 +196,7 @@ def quantization_aware_finetune(recipe, task, upstream: dict, run_dir: Path, out
     student.save_pretrained(out / "qat_model", safe_serialization=True)
     tokenizer.save_pretrained(out / "qat_model")
     export_onnx(out / "qat_model", task, e.opset, out / "model.qat.onnx")
-    params = dict(student.named_parameters())
-    report = verify(out / "model.qat.onnx", {k: params[k].detach().numpy() for k in masks}, {k: v.numpy() for k, v in masks.items()})
-    require_ok(report, "model.qat.onnx")
+    report = verify_against_masks(student, masks, out / "model.qat.onnx")
     info = {"epochs": e.qat_epochs, "steps": total, "lr": e.qat_lr, "final_loss": log_["losses"][-1]["loss"] if log_["losses"] else None,
             "encoder_sparsity": report["encoder_sparsity"], "model_dir": "quantize/qat_model"}
     return info, [t["onnx_name"] for t in report["tensors"] if "[" not in t["onnx_name"]]
