@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,10 +36,11 @@ from .errors import OtherRankFailed, UserError
 
 PARALLEL_STAGES = ("teacher", "prune")
 _accelerator = None
+_local = 0  # > 0 inside `local()`: this process acts alone (no collectives)
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return 1 if _local else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def active() -> bool:
@@ -87,13 +89,54 @@ def barrier() -> None:
         accelerator().wait_for_everyone()
 
 
-def agree(ok: bool) -> bool:
-    """True on every rank when `ok` is true on every rank (a barrier that carries failure)."""
+class OutOfStep(RuntimeError):
+    """Two ranks met at different points of the run (a bug, never bad input)."""
+
+
+def _tag(what: str) -> int:
+    return zlib.crc32(what.encode()) & 0xFFFFFF  # exact in a float64
+
+
+def agree(ok: bool, what: str = "") -> bool:
+    """True on every rank when `ok` is true on every rank (a barrier that carries failure).
+
+    Every rank sends the identity of the point it is at (`what`): ranks that meet at different
+    points raise `OutOfStep` instead of pairing one block's agreement with another's."""
     if not active():
         return ok
-    t = torch.tensor([0.0 if ok else 1.0], device=accelerator().device)
-    torch.distributed.all_reduce(t)
-    return float(t.item()) == 0.0
+    dev = accelerator().device
+    mine = torch.tensor([0.0 if ok else 1.0, float(_tag(what))], dtype=torch.float64, device=dev)
+    got = [torch.zeros_like(mine) for _ in range(world_size())]
+    torch.distributed.all_gather(got, mine)
+    tags = {float(g[1]) for g in got}
+    if len(tags) > 1:
+        raise OutOfStep(f"ranks out of step: rank {rank()} is at '{what}', another rank elsewhere")
+    return all(float(g[0]) == 0.0 for g in got)
+
+
+def decide(value: bool, what: str) -> bool:
+    """Rank 0's `value` on every rank (only rank 0's view of the disk decides), checked to be
+    taken at the same point `what` on every rank."""
+    if not active():
+        return value
+    dev = accelerator().device
+    t = torch.tensor([1.0 if value else 0.0, float(_tag(what))], dtype=torch.float64, device=dev)
+    torch.distributed.broadcast(t, 0)
+    if int(t[1]) != _tag(what):
+        raise OutOfStep(f"ranks out of step: rank {rank()} is at '{what}', rank 0 elsewhere")
+    return bool(t[0])
+
+
+@contextlib.contextmanager
+def local():
+    """Inside: this process runs alone, as with one process (a rank-0-only stage that trains,
+    e.g. QAT, must not issue collectives the other ranks never join)."""
+    global _local
+    _local += 1
+    try:
+        yield
+    finally:
+        _local -= 1
 
 
 @contextlib.contextmanager
@@ -105,7 +148,7 @@ def together(what: str):
         yield
         ok = True
     finally:
-        if not agree(ok) and ok:
+        if not agree(ok, what) and ok:
             raise OtherRankFailed(f"{what} failed on another rank (see its error)")
 
 

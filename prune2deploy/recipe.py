@@ -30,6 +30,7 @@ class DataConfig:
     max_length: int = 384
     doc_stride: int = 128
     eval_split_fraction: float = 0.1  # for sources without a dev split (seeded hold-out)
+    group_by_length: bool = True  # training batches of similar lengths: less padding, faster steps
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class PruneConfig:
     prune_end: float = 26.0  # epoch at which the target is reached
     prune_freq: float = 4.0  # epochs between pruning steps (cubic interpolation between)
     batch_size: int = 16
+    train_examples: int | None = None  # KD data for pruning; None: data.train_examples (the teacher's)
     lr: float = 8e-5
     lr_min: float = 8e-6
     lr_rewind: bool = True  # the LR rewinds to `lr` at every pruning step (cyclic linear)

@@ -123,10 +123,13 @@ def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) ->
         upstream[dep] = rec
     key = stage_key(stage, recipe, upstream)
     existing = read_record(run_dir, stage)
-    if existing and not force and existing.get("key") == key and record_is_valid(run_dir, existing):
+    up_to_date = bool(existing and not force and existing.get("key") == key and record_is_valid(run_dir, existing))
+    # several processes: rank 0 alone reads the disk to decide (another rank could see a
+    # record rank 0 has just written and skip a stage rank 0 runs)
+    if D.decide(up_to_date, f"run or skip stage '{stage}'"):
         log(f"[dim]{stage}: up to date, skipped[/dim]")
-        return existing
-    if D.active():  # several processes: every rank trains, rank 0 alone writes the record
+        return existing if D.is_main() else read_record(run_dir, stage)
+    if D.active():  # every rank trains, rank 0 alone writes the record
         return _run_stage_ranks(stage, recipe, run_dir, upstream, key)
     return _run_stage_here(stage, recipe, run_dir, upstream, key)
 
@@ -137,7 +140,11 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
     waits for rank 0's record and returns it; a failure on rank 0 stops every rank."""
     with D.together(f"stage '{stage}'"):
         if D.is_main():
-            _run_stage_here(stage, recipe, run_dir, upstream, key)
+            if stage in D.PARALLEL_STAGES:
+                _run_stage_here(stage, recipe, run_dir, upstream, key)
+            else:  # rank 0 alone: whatever it trains (QAT) runs as one process, no collectives
+                with D.local():
+                    _run_stage_here(stage, recipe, run_dir, upstream, key)
         elif stage in D.PARALLEL_STAGES:  # computed here, never committed
             scratch = D.scratch(run_dir, stage)
             shutil.rmtree(scratch, ignore_errors=True)

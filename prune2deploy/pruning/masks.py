@@ -59,6 +59,14 @@ def apply_masks(modules: dict[str, nn.Module]) -> None:
         module.weight.mul_(getattr(module, MASK))
 
 
+@torch.no_grad()
+def mask_gradients(modules: dict[str, nn.Module]) -> None:
+    """Zero the gradients of pruned weights (before clipping, so they do not shrink the step)."""
+    for module in modules.values():
+        if module.weight.grad is not None:
+            module.weight.grad.mul_(getattr(module, MASK))
+
+
 def get_masks(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": getattr(m, MASK) for name, m in modules.items()}
 

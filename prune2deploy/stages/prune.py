@@ -7,6 +7,7 @@ optimizer step and checked exact at the end.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     teacher = load_teacher(upstream, task)
     student = load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
 
-    features, _, data_info = train_data(recipe, task, tokenizer)
+    data_recipe = recipe if p.train_examples is None else replace(recipe, data=replace(recipe.data, train_examples=p.train_examples))
+    features, _, data_info = train_data(data_recipe, task, tokenizer)
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
     M.attach_masks(modules)
     if p.method == "obert":
@@ -65,7 +67,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     cfg = FitConfig(
         total_steps=plan.total_steps, batch_size=p.batch_size, lr_at=plan.lr_at, weight_decay=p.weight_decay,
         precision=recipe.precision, seed=recipe.seed, kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness,
-        prune_events=dict(plan.prune_steps), description=f"prune {p.method} → {p.target_sparsity:g}",
+        group_by_length=recipe.data.group_by_length, prune_events=dict(plan.prune_steps), description=f"prune {p.method} → {p.target_sparsity:g}",
         checkpoint=checkpoint_path(run_dir, "prune"), checkpoint_every=recipe.checkpoint_every, checkpoint_tag=key,
     )
     train_log = fit(student, features, tokenizer, cfg, teacher=kd_teacher, modules=modules, prune_fn=prune_fn)

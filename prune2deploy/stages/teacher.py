@@ -58,6 +58,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
 
     ckpt = cache.with_name(cache.name + ".ckpt.pt")
     cfg = FitConfig(total_steps=total, batch_size=t.batch_size, lr_at=lr_at, weight_decay=t.weight_decay, precision=recipe.precision, seed=recipe.seed, description="teacher",
+                    group_by_length=recipe.data.group_by_length,
                     checkpoint=ckpt, checkpoint_every=recipe.checkpoint_every, checkpoint_tag=cache.name)
     train_log = fit(model, features, tokenizer, cfg)
     result = {"base_model": base_model, "trained": True, "steps": total, "steps_per_epoch": steps_per_epoch, "data": data_info, "final_loss": train_log["losses"][-1]["loss"] if train_log["losses"] else None}

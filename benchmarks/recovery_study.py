@@ -1,0 +1,163 @@
+"""Recovery study: which levers bring the pruned model back to the dense teacher's accuracy.
+
+Each row is a set of recipe overrides on top of a task's default profile. A row runs teacher
+(cached, or `--teacher PATH`) → prune → validate through the ordinary stage runner, in its own
+run dir, and its result (metric dense/sparse, retention, prune steps, seconds, s/step, CPU)
+goes to `<out>/<mode>/<row>-s<seed>.json`, with a summary table in `<out>/<mode>/summary.md`.
+
+Modes:
+- `proxy`: a cheap screen. Every schedule time (epochs, prune_start/end/freq) is multiplied by
+  `--proxy-scale` (default 0.25) and the dev set cut to `--proxy-eval` questions.
+- `default`: the default profile as a user gets it (the confirmation).
+
+    python benchmarks/recovery_study.py squad --mode proxy --rows base,gradual,layer
+    python benchmarks/recovery_study.py squad --mode default --rows chosen --seeds 0,1
+    python benchmarks/recovery_study.py squad --list
+
+A row already done (its JSON exists) is skipped; delete the file to rerun it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Rows: name -> (what it tests, overrides at default-profile scale). Times are in epochs.
+ROWS: dict[str, tuple[str, dict]] = {
+    "base": ("the default recipe before this study (first step to 0.7 at 0.13 ep, a step every 0.2 ep, target at 1.5 of 2 ep)",
+             {"prune.init_sparsity": 0.7, "prune.prune_start": 0.13, "prune.prune_end": 1.5, "prune.prune_freq": 0.2,
+              "prune.lr": 1.6e-4, "prune.lr_min": 1.6e-5}),
+    "gradual": ("small first step (0.3) at step 0, a step every 0.1 ep to the target at 1.5 ep",
+                {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 1.5, "prune.prune_freq": 0.1}),
+    "layer": ("base, per-layer (uniform) instead of global ranking", {"prune.scope": "layer"}),
+    "gradual_layer": ("gradual + per-layer",
+                      {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 1.5, "prune.prune_freq": 0.1,
+                       "prune.scope": "layer"}),
+    "lr2x": ("base with twice the LR (3.2e-4 -> 3.2e-5)", {"prune.lr": 3.2e-4, "prune.lr_min": 3.2e-5}),
+    "fresh_data": ("base, but one pass over 10k questions (5k more than the teacher saw) instead of two over 5k",
+                   {"prune.train_examples": 10000, "prune.epochs": 1.0, "prune.prune_start": 0.065, "prune.prune_end": 0.75,
+                    "prune.prune_freq": 0.1}),
+    "t1": ("base, KD temperature 1", {"prune.kd_temperature": 1.0}),
+    "obert": ("base schedule, oBERT", {"prune.method": "obert"}),
+}
+TIME_FIELDS = ("prune.epochs", "prune.prune_start", "prune.prune_end", "prune.prune_freq")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")).split()
+                isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2") if f in flags]
+                return f"{name} ({', '.join(isa)}; {os.cpu_count()} cores)"
+    except (OSError, StopIteration):
+        pass
+    return platform.processor() or "unknown"
+
+
+def row_overrides(task: str, row: str, mode: str, scale: float, proxy_eval: int, teacher: str | None, sparsity: float) -> dict:
+    from prune2deploy.recipe import load_recipe
+
+    over = {"prune.target_sparsity": sparsity, **ROWS[row][1]}
+    if teacher:
+        over["teacher.path"] = teacher
+    if mode == "proxy":
+        base = load_recipe(task, "default").prune
+        for key in TIME_FIELDS:
+            field = key.split(".", 1)[1]
+            over[key] = float(over.get(key, getattr(base, field))) * scale
+        over["data.eval_examples"] = proxy_eval
+    return over
+
+
+def run_row(task: str, row: str, seed: int, args) -> dict:
+    from prune2deploy.recipe import load_recipe
+    from prune2deploy.run import prepare_run_dir, run_stage
+
+    over = row_overrides(task, row, args.mode, args.proxy_scale, args.proxy_eval, args.teacher, args.sparsity)
+    over["seed"] = seed
+    recipe = load_recipe(task, "default", over)
+    run_dir = Path(args.root) / f"{task}-{args.mode}-{row}-{args.sparsity:g}-s{seed}"
+    prepare_run_dir(recipe, run_dir, force=True)
+    rec = {}
+    for stage in ("teacher", "prune", "validate"):
+        rec[stage] = run_stage(stage, recipe, run_dir)
+    v, p = rec["validate"]["result"], rec["prune"]
+    metric = v["metric"]
+    steps = p["result"]["total_steps"]
+    return {
+        "task": task, "row": row, "what": ROWS[row][0], "mode": args.mode, "seed": seed, "sparsity": args.sparsity,
+        "overrides": over, "metric": metric, "dense": v["dense"], "sparse": v["sparse"], "retained": v["retained"],
+        "prune_steps": steps, "prune_events": p["result"]["prune_steps"], "prune_seconds": p["seconds"],
+        "s_per_step": round(p["seconds"] / max(1, steps), 3), "teacher_seconds": rec["teacher"]["seconds"],
+        "validate_seconds": rec["validate"]["seconds"], "per_layer": p["result"]["sparsity"]["per_layer"],
+        "cpu": cpu_name(), "run_dir": str(run_dir), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def summary(out: Path) -> str:
+    rows = [json.loads(f.read_text()) for f in sorted(out.glob("*-s*.json"))]
+    by: dict[str, list] = {}
+    for r in rows:
+        by.setdefault(f"{r['row']}@{r['sparsity']:g}", []).append(r)
+    lines = ["| row | sparsity | what | metric | dense | sparse (per seed) | retained (mean) | prune steps | s/step | CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, rs in sorted(by.items(), key=lambda kv: -statistics.mean(r["retained"] for r in kv[1])):
+        m = rs[0]["metric"]
+        sparse = " / ".join(f"{r['sparse'][m]:.2f}" for r in rs)
+        dense = " / ".join(sorted({f"{r['dense'][m]:.2f}" for r in rs}))
+        ret = statistics.mean(r["retained"] for r in rs)
+        lines.append(f"| {rs[0]['row']} | {rs[0]['sparsity']:g} | {rs[0]['what']} | {m} | {dense} | {sparse} | {100 * ret:.1f}% | "
+                     f"{rs[0]['prune_steps']} | {statistics.mean(r['s_per_step'] for r in rs):.2f} | {rs[0]['cpu']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("task")
+    ap.add_argument("--mode", choices=("proxy", "default"), default="proxy")
+    ap.add_argument("--rows", default="base")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--sparsity", type=float, default=0.8)
+    ap.add_argument("--teacher", help="a fine-tuned dense model dir (skips teacher training)")
+    ap.add_argument("--proxy-scale", type=float, default=0.25)
+    ap.add_argument("--proxy-eval", type=int, default=300)
+    ap.add_argument("--root", default="runs/study")
+    ap.add_argument("--out", default="benchmarks/results/recovery_study")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list:
+        for name, (what, over) in ROWS.items():
+            print(f"{name:14s} {what}\n{'':14s} {over}")
+        return 0
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        print(f"unknown row '{unknown[0]}' (known: {', '.join(ROWS)})", file=sys.stderr)
+        return 2
+    out = Path(args.out) / args.task / args.mode
+    out.mkdir(parents=True, exist_ok=True)
+    for row in args.rows.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            path = out / f"{row}-{args.sparsity:g}-s{seed}.json"
+            if path.is_file():
+                print(f"{path}: done, skipped")
+                continue
+            result = run_row(args.task, row, seed, args)
+            path.write_text(json.dumps(result, indent=1))
+            print(f"{row} s{seed}: {result['metric']} {result['sparse'][result['metric']]:.2f} / dense {result['dense'][result['metric']]:.2f} "
+                  f"= {100 * result['retained']:.1f}% ({result['prune_steps']} steps, {result['prune_seconds']:.0f} s)", flush=True)
+            (out / "summary.md").write_text(summary(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
