@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prune2deploy.machine import cpu_label  # noqa: E402
 
 # Rows: name -> (what it tests, overrides at default-profile scale). Times are in epochs.
 ROWS: dict[str, tuple[str, dict]] = {
@@ -45,23 +44,16 @@ ROWS: dict[str, tuple[str, dict]] = {
     "fresh_data": ("base, but one pass over 10k questions (5k more than the teacher saw) instead of two over 5k",
                    {"prune.train_examples": 10000, "prune.epochs": 1.0, "prune.prune_start": 0.065, "prune.prune_end": 0.75,
                     "prune.prune_freq": 0.1}),
+    "gradual_fresh": ("gradual, one pass over 10k questions instead of two over the teacher's 5k (same steps)",
+                      {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 0.75, "prune.prune_freq": 0.05,
+                       "prune.train_examples": 10000, "prune.epochs": 1.0}),
+    "gradual_lr2x": ("gradual with twice the LR (3.2e-4 -> 3.2e-5)",
+                     {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 1.5, "prune.prune_freq": 0.1,
+                      "prune.lr": 3.2e-4, "prune.lr_min": 3.2e-5}),
     "t1": ("base, KD temperature 1", {"prune.kd_temperature": 1.0}),
     "obert": ("base schedule, oBERT", {"prune.method": "obert"}),
 }
 TIME_FIELDS = ("prune.epochs", "prune.prune_start", "prune.prune_end", "prune.prune_freq")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")).split()
-                isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2") if f in flags]
-                return f"{name} ({', '.join(isa)}; {os.cpu_count()} cores)"
-    except (OSError, StopIteration):
-        pass
-    return platform.processor() or "unknown"
 
 
 def row_overrides(task: str, row: str, mode: str, scale: float, proxy_eval: int, teacher: str | None, sparsity: float) -> dict:
@@ -100,7 +92,7 @@ def run_row(task: str, row: str, seed: int, args) -> dict:
         "prune_steps": steps, "prune_events": p["result"]["prune_steps"], "prune_seconds": p["seconds"],
         "s_per_step": round(p["seconds"] / max(1, steps), 3), "teacher_seconds": rec["teacher"]["seconds"],
         "validate_seconds": rec["validate"]["seconds"], "per_layer": p["result"]["sparsity"]["per_layer"],
-        "cpu": cpu_name(), "run_dir": str(run_dir), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu": cpu_label(), "run_dir": str(run_dir), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 

@@ -54,10 +54,11 @@ def latency_rows(runs: list[dict]) -> list[dict]:
         for b in r.get("bench") or []:
             if "p50_ms" not in b:
                 continue
-            dense = b["model"] == "dense"
+            dense = b["model"].startswith("dense")
             value = p["dense"] if dense else p["sparse"]
-            if b["model"] == "sparse-int8":  # the INT8 graph's own accuracy, measured by the quantize stage
-                value = (((r.get("quantize") or {}).get("metrics") or {}).get("sparse_int8") or {}).get(p["metric"])
+            if b["model"].endswith("-int8"):  # the INT8 graph's own accuracy, measured by the quantize stage
+                key = b["model"].replace("-", "_")
+                value = (((r.get("quantize") or {}).get("metrics") or {}).get(key) or {}).get(p["metric"])
             out.append({**b, "task": p["task"], "method": p["method"], "sparsity": 0.0 if dense else (p["sparsity"] or p["target"]),
                         "metric_value": value, "metric": p["metric"]})
     return out
@@ -140,7 +141,7 @@ def chart_pareto(rows: list[dict], path: Path) -> list[tuple[float, float]]:
     shape = _pick_shape(rows)
     sel = [r for r in rows if shape and (r["batch_size"], r["seq_len"]) == shape and r["metric_value"] is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, rs, marker in (("dense", [r for r in sel if r["model"] == "dense"], "s"), ("sparse", [r for r in sel if r["model"] != "dense"], "o")):
+    for label, rs, marker in (("dense", [r for r in sel if r["model"].startswith("dense")], "s"), ("sparse", [r for r in sel if not r["model"].startswith("dense")], "o")):
         ax.scatter([r["p50_ms"] for r in rs], [r["metric_value"] for r in rs], marker=marker, label=label, alpha=0.7)
     front = pareto([(r["p50_ms"], r["metric_value"]) for r in sel])
     if front:

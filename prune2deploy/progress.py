@@ -69,3 +69,8 @@ def _quiet() -> bool:
 def log(msg: str) -> None:
     if not _quiet():
         console.print(msg, highlight=False)
+
+
+def warn(msg: str) -> None:
+    """One line on stderr, even when quiet: something the user should know happened."""
+    console.print(f"[yellow]{msg}[/yellow]", highlight=False, soft_wrap=True)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .files import read_json
+from .run import STAGES as STAGE_NAMES
 
 
 def build_report(recipe, run_dir: Path) -> dict:
@@ -15,7 +16,7 @@ def build_report(recipe, run_dir: Path) -> dict:
         path = run_dir / stage / "stage.json"
         return read_json(path)["result"] if path.is_file() else {}
 
-    teacher, prune, validate, export, quantize, bench = (rec(s) for s in ("teacher", "prune", "validate", "export", "quantize", "bench"))
+    teacher, prune, validate, export, quantize, bench = (rec(s) for s in STAGE_NAMES)
     return {
         "task": recipe.task,
         "model": recipe.model,
@@ -34,7 +35,9 @@ def build_report(recipe, run_dir: Path) -> dict:
         "bench": bench.get("rows", []),
         "bench_threads": bench.get("threads"),
         "bench_load": bench.get("load"),
+        "bench_cpu": bench.get("cpu"),
         "teacher": {"model_dir": teacher.get("model_dir"), "cached": teacher.get("cached"), "trained": teacher.get("trained")},
+        "seconds": {s: read_json(run_dir / s / "stage.json").get("seconds") for s in STAGE_NAMES if (run_dir / s / "stage.json").is_file()},
     }
 
 
@@ -55,17 +58,21 @@ def summary_table(report: dict) -> Table:
     qm = (q.get("metrics") or {}).get("sparse_int8", {}).get(metric)
     if qm is not None and d:
         t.add_row(f"{metric} sparse INT8 (ONNX Runtime)", "", f"{qm:.2f}", f"{qm / d:.1%}")
+    dq = (q.get("metrics") or {}).get("dense_int8", {}).get(metric)
+    if dq is not None and d:
+        t.add_row(f"{metric} dense INT8 (ONNX Runtime)", f"{dq:.2f}", "", f"{dq / d:.1%}")
     enc = report["sparsity"].get("encoder")
     onnx_s = report["onnx"].get("encoder_sparsity")
     if enc is not None:
         t.add_row("encoder sparsity (torch / onnx)", "0", f"{enc:.4f} / {onnx_s:.4f}" if onnx_s is not None else f"{enc:.4f}", "")
     rows = [r for r in report.get("bench") or [] if "p50_ms" in r]
     for r in rows:
-        if r["model"] == "dense":
+        if r["model"].startswith("dense"):
             continue
         dense = next((x for x in rows if x["model"] == "dense" and x["runtime"] == r["runtime"] and x["batch_size"] == r["batch_size"] and x["seq_len"] == r["seq_len"]), None)
         if dense:
-            best = f" (best dense: {r['speedup_vs_best_dense']:.2f}x)" if r.get("speedup_vs_best_dense") else ""
+            sp = r.get("speedup_vs_best_dense")
+            best = (f" (vs best dense, {r['best_dense']}: {sp:.2f}x{', SLOWER' if sp < 1 else ''})") if sp else ""
             t.add_row(f"p50 ms {r['runtime']} {r['model']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}", f"{dense['p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}")
     return t
 

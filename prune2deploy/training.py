@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .progress import Bar
+from .progress import Bar, warn
 
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
@@ -170,13 +170,19 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, tag: str) -> dict | None:
+    """The checkpoint at `path` if it is this run's; else None, and one line says why (a torn
+    or foreign file is not resumed from: training starts again from step 0)."""
     if not path or not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle objects
-    except Exception:  # noqa: BLE001 - a torn or foreign file is simply not resumed from
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file is simply not resumed from
+        warn(f"checkpoint {path} is unreadable ({type(e).__name__}): starting again from step 0")
         return None
-    return state if state.get("tag") == tag else None
+    if not isinstance(state, dict) or state.get("tag") != tag:
+        warn(f"checkpoint {path} belongs to another run or config: starting again from step 0")
+        return None
+    return state
 
 
 def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None) -> dict:

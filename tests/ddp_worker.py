@@ -77,9 +77,38 @@ def together(out: Path) -> None:
         (out / f"rank{D.rank()}.txt").write_text(f"{type(e).__name__}: {e}")
 
 
+def out_of_step(out: Path) -> None:
+    """The ranks reach agreements of different blocks (the old mis-pairing): both must raise
+    OutOfStep, not pair one block's agreement with the other's."""
+    from prune2deploy import distributed as D
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with D.together("stage 'quantize'" if D.rank() == 0 else "stage 'bench'"):
+            pass
+        (out / f"rank{D.rank()}.txt").write_text("paired")
+    except D.OutOfStep as e:
+        (out / f"rank{D.rank()}.txt").write_text(f"OutOfStep: {e}")
+
+
+def decide(out: Path) -> None:
+    """Rank 0's view decides for all (rank 1 would have skipped); `local()` issues no collective."""
+    from prune2deploy import distributed as D
+
+    out.mkdir(parents=True, exist_ok=True)
+    got = D.decide(D.rank() == 1, "run or skip stage 'quantize'")  # rank 1 alone sees a record
+    lines = [f"decided {got}"]
+    if D.rank() == 0:
+        with D.local():  # rank 1 is not there: a collective here would hang or mis-pair
+            lines.append(f"local world {D.world_size()} active {D.active()} mean {D.mean(3.0)}")
+    lines.append(f"after world {D.world_size()}")
+    D.barrier()
+    (out / f"rank{D.rank()}.txt").write_text("; ".join(lines))
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
-    if a[1] == "together":
-        together(Path(a[0]))
+    if a[1] in ("together", "out_of_step", "decide"):
+        {"together": together, "out_of_step": out_of_step, "decide": decide}[a[1]](Path(a[0]))
         sys.exit(0)
     main(Path(a[0]), a[1], int(a[2]), int(a[3]) if len(a) > 3 else 0, a[4] if len(a) > 4 else "")

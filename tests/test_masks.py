@@ -125,3 +125,44 @@ def test_two_four_masks_keep_two_of_every_four_and_never_regrow():
         M.check_pattern({"w": bad}, 2, 4)
     with pytest.raises(ValueError, match="not a multiple of 4"):
         M.masks_from_scores({"w": torch.rand(2, 6)}, {"w": torch.ones(2, 6, dtype=torch.bool)}, 0.5, "global", "2:4")
+
+
+def test_pruned_gradients_do_not_count_in_the_clipping_norm(tiny_qa, tiny_model_dir, monkeypatch):
+    """At high sparsity the gradients of pruned weights would dominate the clipping norm and
+    shrink the surviving weights' step: they are zeroed before clipping."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        seen.append(max(float(m.weight.grad[~m.weight_mask].abs().max()) for m in mods.values()))
+        return real(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    cfg = FitConfig(total_steps=3, batch_size=8, lr_at=lambda s: 1e-3, precision="fp32", prune_events={0: 0.9})
+    fit(tiny_qa, _features(), tok, cfg, modules=mods, prune_fn=lambda m, s: gmp.prune_step(m, s, "global"))
+    assert len(seen) == 3 and seen == [0.0, 0.0, 0.0]
+
+
+def test_length_grouped_batches_cover_the_epoch_once_and_pad_less():
+    import random
+
+    from prune2deploy.training import batch_order
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 256) for _ in range(1000)]
+    steps = 1000 // 16
+    grouped = [batch_order(1000, 16, 0, s, lengths) for s in range(steps)]
+    plain = [batch_order(1000, 16, 0, s) for s in range(steps)]
+    flat = [i for b in grouped for i in b]
+    assert len(flat) == len(set(flat)) == steps * 16  # every feature at most once an epoch
+    assert set(flat) == {i for b in plain for i in b}  # the same features as without grouping
+    padded = lambda batches: sum(16 * max(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert padded(grouped) < 0.75 * padded(plain)
+    assert grouped[3] == batch_order(1000, 16, 0, 3, lengths)  # found again after a restart
+    assert grouped != [batch_order(1000, 16, 0, s + steps, lengths) for s in range(steps)]  # a new order next epoch

@@ -117,6 +117,52 @@ def test_chunked_equals_unchunked():
         assert torch.allclose(out[0][n], out[1][n], atol=1e-5)
 
 
+def test_chunked_equals_unchunked_when_gradients_depend_on_the_weights():
+    """A real gradient stream is computed from the current weights: the second chunk's pass
+    must see the weights the first pass scored, not ones an earlier chunk already updated."""
+    def make():
+        torch.manual_seed(5)
+        return {"a": nn.Linear(8, 4), "b": nn.Linear(8, 4)}
+    torch.manual_seed(3)
+    base = [{n: torch.randn(4, 8) for n in ("a", "b")} for _ in range(12)]
+    out = []
+    for chunk_bytes in (1 << 30, 1):
+        mods = make()
+        M.attach_masks(mods)
+
+        def gradients(names, mods=mods):  # like a loss's gradient: it moves with every weight
+            total = sum(float(m.weight.detach().abs().sum()) for m in mods.values())
+            return ({n: g[n] * total + mods[n].weight.detach() for n in names} for g in base)
+
+        ctx = {"obert": {"block_size": 4, "num_grads": 12, "damp": 1e-3, "chunk_bytes": chunk_bytes}, "gradients": gradients}
+        obert.prune_step(mods, 0.5, "global", ctx)
+        out.append({n: m.weight.detach().clone() for n, m in mods.items()})
+    for n in out[0]:
+        assert torch.allclose(out[0][n], out[1][n], atol=1e-5), n
+
+
+def test_obs_update_is_the_constrained_minimum_of_the_quadratic_model():
+    """dw minimises 1/2 dw^T F dw subject to (w + dw)_Q = 0: brute force by the KKT system."""
+    torch.manual_seed(4)
+    B = 6
+    A = torch.randn(B, B, dtype=torch.float64)
+    F = A @ A.T + 0.5 * torch.eye(B, dtype=torch.float64)  # a known SPD Hessian
+    w = torch.randn(B, dtype=torch.float64)
+    pruned = torch.tensor([True, False, True, False, False, True])
+    dw = obert.obs_update(w.view(1, B).float(), torch.linalg.inv(F).view(1, B, B).float(), pruned.view(1, B)).view(B).double()
+    Q = pruned.nonzero().view(-1)
+    E = torch.eye(B, dtype=torch.float64)[Q]  # constraint rows: E dw = -w_Q
+    kkt = torch.zeros(B + len(Q), B + len(Q), dtype=torch.float64)
+    kkt[:B, :B], kkt[:B, B:], kkt[B:, :B] = F, E.T, E
+    rhs = torch.cat([torch.zeros(B, dtype=torch.float64), -w[Q]])
+    best = torch.linalg.solve(kkt, rhs)[:B]
+    assert torch.allclose(dw, best, atol=1e-4)
+    assert torch.allclose((w + dw)[Q], torch.zeros(len(Q), dtype=torch.float64), atol=1e-5)
+    for _ in range(20):  # and no other feasible step is cheaper
+        other = best + torch.randn(B, dtype=torch.float64) * (~pruned).double() * 0.1
+        assert other @ F @ other >= best @ F @ best - 1e-9
+
+
 @pytest.mark.parametrize("group", [1, 7, 32, 64])
 def test_accumulated_inverse_equals_rank_one_chain_and_direct_inverse(group):
     torch.manual_seed(1)

@@ -23,11 +23,25 @@ def test_int8_keeps_zeros_and_reports_accuracy_and_latency(int8_run):
     assert rec["encoder_sparsity_int8"] >= 0.7 - 1e-6  # rounding may add zeros, never remove them
     val = json.loads((int8_run / "validate" / "stage.json").read_text())["result"]
     assert rec["metrics"]["sparse_fp32_onnx"]["accuracy"] == pytest.approx(val["sparse"]["accuracy"])  # same data, same model
-    assert 0 <= rec["metrics"]["sparse_int8"]["accuracy"] <= 100
+    int8, fp32 = rec["metrics"]["sparse_int8"], rec["metrics"]["sparse_fp32_onnx"]
+    n = val["sparse"]["eval_examples"]
+    assert int8["eval_examples"] == fp32["eval_examples"] == n  # the same questions as validate
+    correct = int8["accuracy"] * n / 100
+    assert abs(correct - round(correct)) < 1e-6  # a count of right answers out of n, not a made-up number
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 100 * 3 / n  # INT8 flips at most a few borderline answers
     report = json.loads((int8_run / "report.json").read_text())
     assert report["quantize"]["metrics"]["sparse_int8"]
     int8_rows = [r for r in report["bench"] if r["model"] == "sparse-int8"]
     assert int8_rows and all(r["precision"] == "int8" for r in int8_rows)
+    # the dense model quantized the same way is a "best dense" candidate: every speedup counts it
+    assert rec["metrics"]["dense_int8"]["eval_examples"] == n and (int8_run / "quantize" / "dense.int8.onnx").is_file()
+    timed = [r for r in report["bench"] if "p50_ms" in r]
+    assert any(r["model"] == "dense-int8" and r["precision"] == "int8" for r in timed)
+    for r in timed:
+        shape = (r["batch_size"], r["seq_len"])
+        best = min((x for x in timed if x["model"].startswith("dense") and (x["batch_size"], x["seq_len"]) == shape), key=lambda x: x["p50_ms"])
+        assert r["speedup_vs_best_dense"] == round(best["p50_ms"] / r["p50_ms"], 3)
+        assert r["best_dense"] == f"{best['runtime']} {best['model']} ({best['precision']})"
     assert any("p50_ms" in r for r in int8_rows)
     from prune2deploy.onnx_sparsity import load_initializers
 
@@ -63,7 +77,7 @@ def test_package_int8_then_verify(int8_run, tmp_path):
     assert manifest["precision"] == "int8" and all(v["onnx_name"].endswith("_quantized") for v in manifest["onnx_initializers"].values())
     res = p2d("verify", art)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert_user_error(p2d("package", int8_run.parent / "nope", "--out", tmp_path / "a2", "--int8"), "")
+    assert_user_error(p2d("package", int8_run.parent / "nope", "--out", tmp_path / "a2", "--int8"), "not a run dir (no recipe.json)")
 
 
 def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):

@@ -51,3 +51,42 @@ def test_verify_refuses_a_manifest_model_outside_its_files(tmp_path):
     (art / "manifest.json").write_text(json.dumps({"files": {}, "model": "../a.onnx"}))
     failure, _ = verify_artifact(art)
     assert failure and "not one of its hashed files" in failure
+
+
+def test_a_corrupt_checkpoint_is_reported_not_silently_dropped(tmp_path, capsys):
+    from prune2deploy.training import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "prune.pt"
+    save_checkpoint(path, {"tag": "mine", "step": 7})
+    assert load_checkpoint(path, "mine")["step"] == 7 and capsys.readouterr().err == ""
+    assert load_checkpoint(path, "another") is None
+    assert "belongs to another run or config: starting again from step 0" in capsys.readouterr().err
+    path.write_bytes(path.read_bytes()[:40])  # torn
+    assert load_checkpoint(path, "mine") is None
+    err = capsys.readouterr().err
+    assert "is unreadable" in err and "starting again from step 0" in err
+
+
+def test_hub_errors_keep_their_message_and_say_network_only_when_it_is(monkeypatch):
+    import datasets
+    import pytest
+
+    from prune2deploy.errors import UserError
+    from prune2deploy.tasks.hub import load_hub
+
+    def missing(*a, **k):
+        raise FileNotFoundError("Dataset 'nope' doesn't exist on the Hub or cannot be accessed.")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(UserError) as e:
+        load_hub("nope", offline_hint="omit --data-dir")
+    assert str(e.value) == "cannot load 'nope' from the hub: FileNotFoundError: Dataset 'nope' doesn't exist on the Hub or cannot be accessed."
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach 'squad' on the Hub (ConnectionError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError) as e:
+        load_hub("squad", offline_hint="omit --data-dir to use packaged data")
+    assert str(e.value).startswith("cannot reach the hub for 'squad' (ConnectionError: Couldn't reach")
+    assert str(e.value).endswith("offline, omit --data-dir to use packaged data")

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from prune2deploy.pruning.schedule import cubic, make_plan
-from prune2deploy.recipe import PruneConfig, Recipe
+from prune2deploy.recipe import PruneConfig, Recipe, load_recipe
 
 
 def test_cubic_endpoints_and_shape():
@@ -58,3 +58,16 @@ def test_first_step_clamped_to_target_and_zero_target_has_no_events():
     assert all(s == 0.5 for _, s in plan.prune_steps)
     plan0 = make_plan(PruneConfig(target_sparsity=0.0, epochs=2, prune_start=0, prune_end=1, prune_freq=1), 1.0, 10)
     assert plan0.prune_steps == ()
+
+
+def test_epoch_scale_is_capped_and_a_layer_keeping_a_handful_is_warned(tiny_qa, capsys):
+    from prune2deploy.pruning import masks as M
+    from prune2deploy.stages.prune import warn_few_kept
+
+    r = load_recipe("squad", "default", {"prune.target_sparsity": 0.999999})
+    assert r.epoch_scale() == pytest.approx(r.prune.max_epoch_scale) and r.prune.max_epoch_scale == 3.0
+    mods = M.prunable_modules(tiny_qa)  # smallest layer: 32 x 32 = 1024 weights
+    assert warn_few_kept(mods, 0.9) is None  # keeps ~102
+    msg = warn_few_kept(mods, 0.995)
+    assert msg and "keeps about 5 of 1024 weights" in msg
+    assert "keeps about 5 of 1024" in capsys.readouterr().err  # said even when quiet

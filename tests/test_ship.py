@@ -85,7 +85,10 @@ def test_package_then_verify_round_trip(artifact):
     assert m["recipe"]["task"] == "rotten_tomatoes" and "torch" in m["versions"] and m["prune2deploy"]
     res = p2d("verify", artifact)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.count("ok") == 4
+    lines = res.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["ok"] * 4, lines  # hashes, checker, sparsity, outputs
+    assert lines[0].startswith("ok   sha256 of") and lines[1] == "ok   onnx.checker"
+    assert "encoder sparsity 0.7" in lines[2] and "outputs match the reference" in lines[3]
 
 
 def _copy(src, dst):

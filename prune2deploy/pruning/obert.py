@@ -18,7 +18,8 @@ weights in it:  dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q,  then the masks are applied
 Gradients come from `ctx["gradients"](names)`: an iterable of {name: grad} dicts, one per
 mini-batch gradient (m of them; with several processes each rank yields its share and
 `ctx["sum_across_ranks"]` all-reduces the Fisher sums, so every rank inverts the same F). Layers are processed in chunks that fit `chunk_bytes`; with
-more than one chunk the gradients are computed again for each chunk (time for memory).
+more than one chunk the gradients are computed again for each chunk (time for memory), from
+the same weights: no update is applied before every chunk's update is computed.
 """
 
 from __future__ import annotations
@@ -172,6 +173,9 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
         if len(chunks) == 1:
             kept = finvs
     new = M.masks_from_scores(scores, M.get_masks(modules), sparsity, scope, ctx.get("pattern"))
+    # every chunk's update comes from the same weights (and so the same gradients and Fisher
+    # it was scored with): all updates are computed first, then applied
+    updates: dict[str, torch.Tensor] = {}
     for names in chunks:
         finvs = kept if len(chunks) == 1 else finv_for(names)
         for n in names:
@@ -180,8 +184,10 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
             pad = (-w.numel()) % block
             if pad:  # padded tail positions are not weights: never in Q
                 pruned.view(-1)[w.numel():] = False
-            wb = blocks_of(w, block)
-            dw = obs_update(wb, finvs[n], pruned)
-            with torch.no_grad():
-                w.add_((dw.reshape(-1)[: w.numel()]).view_as(w).to(w.dtype).to(w.device))
+            dw = obs_update(blocks_of(w, block), finvs[n], pruned)
+            updates[n] = (dw.reshape(-1)[: w.numel()]).view_as(w).to(w.dtype).to(w.device)
+        del finvs
+    with torch.no_grad():
+        for n, dw in updates.items():
+            modules[n].weight.add_(dw)
     M.set_masks(modules, new)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..benchmark import fixed_inputs, summarize
 from ..files import write_json_atomic
+from ..machine import cpu_info
 from ..models import load_tokenizer
 from ..progress import log, track
 from ..runtimes.registry import resolve
@@ -76,11 +77,13 @@ def add_speedups(rows: list[dict]) -> None:
         dense = [x for x in ok if x["model"] == "dense" and (x["batch_size"], x["seq_len"]) == shape]
         same = next((x for x in dense if x["runtime"] == r["runtime"]), None)
         ort = next((x for x in dense if x["runtime"] == "onnxruntime"), None)
-        best = min(dense, key=lambda x: x["p50_ms"], default=None)
+        # what a user could ship without pruning: any dense row, its INT8 twin included
+        any_dense = [x for x in ok if x["model"].startswith("dense") and (x["batch_size"], x["seq_len"]) == shape]
+        best = min(any_dense, key=lambda x: x["p50_ms"], default=None)
         r["speedup_vs_dense_same_runtime"] = round(same["p50_ms"] / r["p50_ms"], 3) if same else None
         r["speedup_vs_dense_onnxruntime"] = round(ort["p50_ms"] / r["p50_ms"], 3) if ort else None
         r["speedup_vs_best_dense"] = round(best["p50_ms"] / r["p50_ms"], 3) if best else None
-        r["best_dense"] = f"{best['runtime']} ({best['precision']})" if best else None
+        r["best_dense"] = f"{best['runtime']} {best['model']} ({best['precision']})" if best else None
 
 
 def markdown(rows: list[dict]) -> str:
@@ -110,7 +113,7 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
     for ax, shape in zip(axes[0], shapes):
         sub = [r for r in ok if (r["batch_size"], r["seq_len"]) == shape]
         names = sorted({r["runtime"] for r in sub})
-        labels = [m for m in ("dense", "sparse", "sparse-int8") if any(r["model"] == m for r in sub)]
+        labels = [m for m in ("dense", "dense-int8", "sparse", "sparse-int8") if any(r["model"] == m for r in sub)]
         x = np.arange(len(names))
         width = 0.8 / len(labels)
         for i, label in enumerate(labels):
@@ -155,6 +158,9 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     if recipe.export.quantize != "none" and int8.is_file():  # checked against the fp32 sparse PyTorch model
         qat_model = run_dir / "quantize" / "qat_model"  # the INT8 graph of a QAT run comes from this model
         models["sparse-int8"] = {"onnx": int8, "hf": None, "ref": str(qat_model if qat_model.is_dir() else run_dir / "prune" / "model"), "precision": "int8"}
+        dense_int8 = run_dir / "quantize" / "dense.int8.onnx"
+        if dense_int8.is_file() and teacher_rec:  # the dense model quantized the same way: a "best dense" candidate
+            models["dense-int8"] = {"onnx": dense_int8, "hf": None, "ref": teacher_rec["result"]["model_dir"], "precision": "int8"}
     cache: dict = {}
 
     def inputs_for(b, s):
@@ -166,7 +172,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     write_json_atomic(out / "bench.json", rows)
     (out / "bench.md").write_text(markdown(rows))
     chart(rows, out / "bench.png", f"{recipe.task} · {recipe.prune.method} {recipe.prune.target_sparsity:g} · {threads} threads")
-    return {"rows": rows, "threads": threads, "skipped_runtimes": skipped, "load": _loadavg()}
+    return {"rows": rows, "threads": threads, "skipped_runtimes": skipped, "load": _loadavg(), "cpu": cpu_info()}
 
 
 def _read(path: Path):
@@ -225,6 +231,10 @@ def bench_onnx_files(model: Path, dense: Path | None, bench_cfg, threads: int, o
             raise UserError(f"{models[label]['onnx']}: cannot run on inputs of shape {next(iter(x.values())).shape}: {str(e).splitlines()[0][:160]}") from None
 
     rows, _ = bench_models(models, inputs_for, bench_cfg, threads, None, reference)
+    cpu = cpu_info()
+    for r in rows:
+        r["cpu"] = cpu["model"]
+        r["isa"] = cpu["isa"]
     if out:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "bench.json", rows)

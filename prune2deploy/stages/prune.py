@@ -17,11 +17,27 @@ from .. import distributed as D
 from ..errors import UserError, VerificationError
 from ..files import write_json_atomic
 from ..models import load_model, load_tokenizer
+from ..progress import warn
 from ..pruning import masks as M
 from ..pruning.registry import get_method
 from ..pruning.schedule import make_plan
 from ..training import FitConfig, fit, gradient_stream
 from .common import checkpoint_path, load_teacher, setup, train_data
+
+
+FEW = 16  # a layer keeping fewer weights than this is all but removed
+
+
+def warn_few_kept(modules: dict, sparsity: float) -> str | None:
+    """One warning line when the smallest layer would keep fewer than FEW weights at `sparsity`
+    (exactly so per layer; on average so with global ranking)."""
+    name, mod = min(modules.items(), key=lambda kv: kv[1].weight.numel())
+    kept = round((1 - sparsity) * mod.weight.numel())
+    if kept >= FEW:
+        return None
+    msg = f"warning: at sparsity {sparsity:g} layer {name} keeps about {kept} of {mod.weight.numel()} weights"
+    warn(msg)
+    return msg
 
 
 def layer_sparsity(masks: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -44,6 +60,7 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         smallest = min(modules.items(), key=lambda kv: kv[1].weight.numel())
         if p.obert_block_size > smallest[1].weight.numel():
             raise UserError(f"prune.obert_block_size {p.obert_block_size} is larger than layer {smallest[0]} ({smallest[1].weight.numel()} weights)")
+    warn_few_kept(modules, p.target_sparsity)
     scale = recipe.epoch_scale()
     steps_per_epoch = max(1, len(features) // p.batch_size)
     plan = make_plan(p, scale, steps_per_epoch)

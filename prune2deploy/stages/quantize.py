@@ -141,10 +141,12 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
     if recipe.export.qat_epochs > 0:  # fine-tune with fake INT8, re-export, quantize that graph
         qat_info, checked = quantization_aware_finetune(recipe, task, upstream, run_dir, out)
         fp32 = out / "model.qat.onnx"
-    if mode == "int8-static":
-        quantize_int8_static(fp32, out / "model.int8.onnx", calibration_batches(task, tokenizer, dev, recipe.data.max_length))
-    else:
-        quantize_int8(fp32, out / "model.int8.onnx")
+    # the dense graph is quantized the same way, on the same calibration data: a dense INT8
+    # model is what a user could ship without pruning, so it belongs among the "best dense"
+    jobs = [(fp32, out / "model.int8.onnx"), (export_dir / "dense.onnx", out / "dense.int8.onnx")]
+    batches = calibration_batches(task, tokenizer, dev, recipe.data.max_length) if mode == "int8-static" else None
+    for src, dst in jobs:
+        quantize_int8_static(src, dst, batches) if batches is not None else quantize_int8(src, dst)
     for f in export_dir.iterdir():  # tokenizer and config beside the INT8 graph: a self-contained dir
         if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
             shutil.copy2(f, out / f.name)
@@ -153,14 +155,14 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
 
     threads = recipe.threads or torch.get_num_threads()
     metrics = {}
-    graphs = [("sparse_int8", out / "model.int8.onnx"), ("sparse_fp32_onnx", export_dir / "model.onnx")]
+    graphs = [("sparse_int8", out / "model.int8.onnx"), ("sparse_fp32_onnx", export_dir / "model.onnx"), ("dense_int8", out / "dense.int8.onnx")]
     if qat_info:
         graphs.append(("sparse_qat_fp32_onnx", fp32))
     for label, path in graphs:
         m, _ = task.evaluate(OnnxAsModel(path, threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}")
         metrics[label] = m
     write_json_atomic(out / "quantize.json", {"quantize": mode, "zeros": zeros, "metrics": metrics, "qat": qat_info})
-    return {"quantize": mode, "path": "quantize/model.int8.onnx", "metrics": metrics, "encoder_sparsity_int8": zeros["encoder_sparsity_int8"],
+    return {"quantize": mode, "path": "quantize/model.int8.onnx", "dense_path": "quantize/dense.int8.onnx", "metrics": metrics, "encoder_sparsity_int8": zeros["encoder_sparsity_int8"],
             "extra_zeros_from_rounding": zeros["extra_zeros_from_rounding"], "tensors": len(checked), "qat": qat_info}
 
 

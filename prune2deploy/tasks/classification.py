@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UserError
 from .packaged import packaged_path
 from .registry import Task
+from .hub import load_hub
 
 
 def _packaged_csv() -> Path:
@@ -73,12 +74,7 @@ def load(recipe, source: str, hub_id: str):
     d = recipe.data
     split_seed = HOLDOUT_SEED
     if d.data_dir == "hub":
-        from datasets import load_dataset
-
-        try:
-            ds = load_dataset(hub_id)
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot load '{hub_id}' from the hub ({type(e).__name__}); offline, omit --data-dir") from None
+        ds = load_hub(hub_id, offline_hint="omit --data-dir")
         train, dev = list(ds["train"]), list(ds["test"])
         where, split = f"hub:{hub_id}", "hub train/test splits"
     elif d.data_dir:

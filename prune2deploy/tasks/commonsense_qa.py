@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import UserError
 from . import classification as C
 from .registry import Task
+from .hub import load_hub
 
 NUM_CHOICES = 5
 TRAIN_FILES = ("train_rand_split.jsonl", "train.jsonl")
@@ -78,12 +79,7 @@ def load(recipe):
 
     d = recipe.data
     if d.data_dir == "hub":
-        from datasets import load_dataset
-
-        try:
-            ds = load_dataset("commonsense_qa")
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot load 'commonsense_qa' from the hub ({type(e).__name__}); offline, pass --data-dir with the JSONL files") from None
+        ds = load_hub("commonsense_qa", offline_hint="pass --data-dir with the JSONL files")
         train = [parse_example(ex, "hub train") for ex in ds["train"]]
         dev = [parse_example(ex, "hub validation") for ex in ds["validation"]]
         where = "hub:commonsense_qa"

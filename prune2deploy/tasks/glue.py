@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import UserError
 from . import classification as C
 from .registry import Task
+from .hub import load_hub
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,7 @@ def load(recipe, name: str):
     spec = GLUE[name]
     d = recipe.data
     if d.data_dir == "hub":
-        from datasets import load_dataset
-
-        try:
-            ds = load_dataset("glue", spec.hub_name)
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot load glue/{spec.hub_name} from the hub ({type(e).__name__}); offline, pass --data-dir with GLUE TSV files") from None
+        ds = load_hub("glue", spec.hub_name, offline_hint="pass --data-dir with GLUE TSV files")
         train = [_row([ex[c] for c in spec.hub_text], int(ex["label"])) for ex in ds["train"]]
         groups = [[_row([ex[c] for c in spec.hub_text], int(ex["label"])) for ex in ds[s] if int(ex["label"]) >= 0] for s in spec.hub_dev_splits]
         where = f"hub:glue/{spec.hub_name}"

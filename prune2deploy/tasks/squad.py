@@ -18,6 +18,7 @@ from ..errors import UserError
 from .packaged import packaged_path
 from .registry import Task
 from .squad_metric import squad_v1
+from .hub import load_hub
 
 N_BEST = 20
 MAX_ANSWER_TOKENS = 30
@@ -73,12 +74,7 @@ def load(recipe):
 
     d = recipe.data
     if d.data_dir == "hub":
-        from datasets import load_dataset
-
-        try:
-            ds = load_dataset("squad")
-        except Exception as e:  # noqa: BLE001 - any hub failure is the user's network
-            raise UserError(f"cannot load 'squad' from the hub ({type(e).__name__}); offline, omit --data-dir to use packaged data") from None
+        ds = load_hub("squad", offline_hint="omit --data-dir to use packaged data")
         train, dev = list(ds["train"]), list(ds["validation"])
         source = "hub:squad"
     else:
