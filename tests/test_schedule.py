@@ -52,10 +52,15 @@ def test_schedule_scales_with_target_sparsity():
     assert fixed.epoch_scale() == 1.0
 
 
-def test_first_step_clamped_to_target_and_zero_target_has_no_events():
-    p = PruneConfig(target_sparsity=0.5, init_sparsity=0.7, epochs=4, prune_start=1, prune_end=3, prune_freq=1)
+def test_first_step_is_the_same_share_of_a_lower_target_and_zero_target_has_no_events():
+    p = PruneConfig(target_sparsity=0.5, init_sparsity=0.7, reference_sparsity=0.9, epochs=4, prune_start=1, prune_end=3, prune_freq=1)
     plan = make_plan(p, 1.0, 10)
-    assert all(s == 0.5 for _, s in plan.prune_steps)
+    assert plan.prune_steps[0] == (10, pytest.approx(0.7 * 0.5 / 0.9))  # not one-shot: 0.39, then cubic to 0.5
+    assert plan.prune_steps[-1] == (30, 0.5) and len(plan.prune_steps) == 3
+    high = make_plan(PruneConfig(target_sparsity=0.97, init_sparsity=0.7, reference_sparsity=0.9, epochs=4, prune_start=1, prune_end=3, prune_freq=1), 1.0, 10)
+    assert high.prune_steps[0][1] == 0.7  # at and above the reference: the recipe's first step
+    one_shot = make_plan(PruneConfig(target_sparsity=0.5, init_sparsity=0.7, epochs=4, prune_start=0, prune_end=0, prune_freq=1), 1.0, 10)
+    assert one_shot.prune_steps == ((0, 0.5),)
     plan0 = make_plan(PruneConfig(target_sparsity=0.0, epochs=2, prune_start=0, prune_end=1, prune_freq=1), 1.0, 10)
     assert plan0.prune_steps == ()
 

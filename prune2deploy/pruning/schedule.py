@@ -1,7 +1,7 @@
 """Sparsity and learning-rate schedules, in optimizer steps, derived from a PruneConfig.
 
-Cubic sparsity (Zhu & Gupta; GMP*, oBERT): a large first step to `init_sparsity` at
-`prune_start`, then s(t) = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3 at every
+Cubic sparsity (Zhu & Gupta; GMP*, oBERT): a first step to `init_sparsity` (scaled down
+for targets below `reference_sparsity`) at `prune_start`, then s(t) = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3 at every
 `prune_freq` up to `prune_end`; the rest fine-tunes at the target. All times scale with
 the target sparsity (guideline 2). The learning rate decays linearly from `lr` to `lr_min`
 and, with `lr_rewind`, rewinds at every pruning step (cyclic linear, as in the oBERT recipe).
@@ -44,6 +44,14 @@ def cubic(t: float, t0: float, t1: float, s_i: float, s_f: float) -> float:
     return s_f + (s_i - s_f) * (1.0 - (t - t0) / (t1 - t0)) ** 3
 
 
+def first_step(p) -> float:
+    """Sparsity of the first pruning step: `init_sparsity` at the reference target and above,
+    the same share of the target below it (0.7 of 0.9 -> 0.54 of 0.7), so a lower target is
+    still reached gradually instead of in one shot. (One-shot is prune_start == prune_end.)"""
+    ref = max(p.reference_sparsity, 1e-6)
+    return min(p.init_sparsity * min(1.0, p.target_sparsity / ref), p.target_sparsity)
+
+
 def make_plan(prune_cfg, scale: float, steps_per_epoch: int) -> Plan:
     p = prune_cfg
     total = max(1, round(p.epochs * scale * steps_per_epoch))
@@ -51,7 +59,7 @@ def make_plan(prune_cfg, scale: float, steps_per_epoch: int) -> Plan:
     events: list[tuple[int, float]] = []
     if target > 0:
         t0, t1, freq = p.prune_start * scale, p.prune_end * scale, p.prune_freq * scale
-        s_i = min(p.init_sparsity, target)
+        s_i = first_step(p)
         times = []
         t = t0
         while t < t1 - 1e-9:
