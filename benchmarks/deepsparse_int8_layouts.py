@@ -4,7 +4,7 @@ uint8 vs int8 activations; each timed on DeepSparse (b1, seq 128) next to the fp
 
     .venv/bin/python benchmarks/deepsparse_int8_layouts.py runs/rotten_tomatoes-obert-0.8 > benchmarks/results/deepsparse_int8_layouts.json
 """
-import sys, time, json, numpy as np
+import sys, json, numpy as np
 from pathlib import Path
 from onnxruntime.quantization import quantize_static, QuantType, QuantFormat, CalibrationDataReader, CalibrationMethod
 import onnx

@@ -25,8 +25,8 @@ from prune2deploy.files import read_json
 from prune2deploy.models import load_tokenizer
 from prune2deploy.recipe import BenchConfig
 from prune2deploy.run import load_run_recipe
-from prune2deploy.stages.bench import bench_models, markdown, reference_outputs
-from prune2deploy.stages.quantize import OnnxAsModel, calibration_batches, check_zeros_kept, quantize_int8, quantize_int8_static
+from prune2deploy.latency import bench_models, markdown, reference_outputs
+from prune2deploy.int8 import OnnxAsModel, calibration_batches, check_zeros_kept, quantize_int8, quantize_int8_static
 from prune2deploy.tasks.registry import get_task
 
 
@@ -62,12 +62,14 @@ def main() -> None:
         if args.qat_epochs > 0:
             from dataclasses import replace
 
-            from prune2deploy.stages.quantize import quantization_aware_finetune
+            from prune2deploy import qat
+            from prune2deploy.models import load_model
+            from prune2deploy.pruning.masks import load_masks
 
-            upstream = {s: read_json(run_dir / s / "stage.json") for s in ("teacher", "prune", "export")}
             r = replace(recipe, export=replace(recipe.export, quantize="int8-static", qat_epochs=args.qat_epochs))
+            teacher = load_model(read_json(run_dir / "teacher" / "stage.json")["result"]["model_dir"], task.auto_class, task.num_labels)
             t0 = time.time()
-            qat_info, _ = quantization_aware_finetune(r, task, upstream, run_dir, Path(tmp))
+            qat_info, _ = qat.finetune(r, task, teacher.requires_grad_(False), run_dir / "prune" / "model", load_masks(run_dir / "prune" / "masks.safetensors"), Path(tmp))
             qat_info["seconds"] = round(time.time() - t0, 1)
             qat_q = Path(tmp) / "model.int8-static-qat.onnx"
             quantize_int8_static(Path(tmp) / "model.qat.onnx", qat_q, cal)

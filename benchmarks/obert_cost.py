@@ -53,7 +53,7 @@ def main() -> None:
         gmp.prune_step(mods, 0.5, "global")
         gmp_s = time.perf_counter() - t
 
-        def gradients(names):
+        def gradients(names, model=model, mods=mods):
             gen = torch.Generator().manual_seed(1)
             for _ in range(args.grads):
                 ids = torch.randint(1000, 20000, (args.grad_batch, args.seq), generator=gen)

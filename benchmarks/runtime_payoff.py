@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from prune2deploy.recipe import BenchConfig
-from prune2deploy.stages.bench import add_speedups, bench_models, markdown
+from prune2deploy.latency import bench_models, markdown
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -35,7 +35,7 @@ def build(shape: str, sparsity: float, out: Path) -> tuple[Path, Path]:
     from prune2deploy.models import resolve_model
     from prune2deploy.pruning import gmp
     from prune2deploy.pruning import masks as M
-    from prune2deploy.stages.export import export_onnx
+    from prune2deploy.onnx_export import export_onnx
     from prune2deploy.tasks.registry import get_task
 
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ def bench_path(path: Path, dense, runtime, batch_sizes, seq_lens, threads, out, 
         return
     if path.suffix != ".onnx" and not path.is_file():
         raise UserError(f"{path}: neither a run dir nor an ONNX file")
-    from .stages.bench import bench_onnx_files
+    from .latency import bench_onnx_files
 
     cfg = dataclasses.replace(BenchConfig(runtimes=("onnxruntime",)), **over)
     rows = bench_onnx_files(path, dense, cfg, n_threads or torch.get_num_threads(), out)

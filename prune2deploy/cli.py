@@ -125,7 +125,9 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _stage in ("teacher", "prune", "validate", "export", "quantize"):
+from .stages import STAGES  # noqa: E402 - the names only; the stage modules load when a command runs
+
+for _stage in (s for s in STAGES if s != "bench"):  # bench has its own command (it also takes an ONNX file)
     app.command(name=_stage)(_stage_command(_stage))
 
 

@@ -34,7 +34,6 @@ import torch
 
 from .errors import OtherRankFailed, UserError
 
-PARALLEL_STAGES = ("teacher", "prune")
 _accelerator = None
 _local = 0  # > 0 inside `local()`: this process acts alone (no collectives)
 

@@ -12,6 +12,8 @@ static quantizer then rounds them to the same values.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,3 +62,37 @@ def detach(modules: dict[str, nn.Module]) -> None:
             del module.forward
         if hasattr(module, "qat_range"):
             del module._buffers["qat_range"]
+
+
+def finetune(recipe, task, teacher, sparse_dir, masks: dict, out: Path) -> tuple[dict, list[str]]:
+    """`export.qat_epochs` of KD fine-tuning of the sparse model in `sparse_dir` with fake INT8
+    (`attach`), `masks` held; the result is saved (`out/qat_model`), exported to
+    `out/model.qat.onnx` and its sparsity verified against the masks tensor by tensor, as the
+    export stage does. Returns (info, the checked ONNX weight names)."""
+    from .models import load_model, load_tokenizer
+    from .onnx_export import export_onnx, verify_against_masks
+    from .pruning import masks as M
+    from .training import FitConfig, fit
+
+    e, p = recipe.export, recipe.prune
+    student = load_model(str(sparse_dir), task.auto_class, task.num_labels, recipe.attention_dropout)
+    tokenizer = load_tokenizer(str(sparse_dir))
+    modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
+    M.set_masks(modules, masks)
+    train, _, _ = task.load(recipe)
+    features = task.train_features(tokenizer, train, recipe.data)
+    total = max(1, round(e.qat_epochs * max(1, len(features) // p.batch_size)))
+    cfg = FitConfig(total_steps=total, batch_size=p.batch_size, lr_at=lambda step: e.qat_lr * (1 - step / total), precision=recipe.precision,
+                    seed=recipe.seed + 7, kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, description="QAT (fake INT8)")
+    attach(modules)
+    try:
+        log_ = fit(student, features, tokenizer, cfg, teacher=teacher if p.kd_hardness > 0 else None, modules=modules)
+    finally:
+        detach(modules)
+    student.save_pretrained(out / "qat_model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "qat_model")
+    export_onnx(out / "qat_model", task, e.opset, out / "model.qat.onnx")
+    report = verify_against_masks(student, masks, out / "model.qat.onnx")
+    info = {"epochs": e.qat_epochs, "steps": total, "lr": e.qat_lr, "final_loss": log_["losses"][-1]["loss"] if log_["losses"] else None,
+            "encoder_sparsity": report["encoder_sparsity"], "model_dir": "quantize/qat_model"}
+    return info, [t["onnx_name"] for t in report["tensors"] if "[" not in t["onnx_name"]]

@@ -72,12 +72,9 @@ class PruneConfig:
     weight_decay: float = 0.0
     kd_hardness: float = 1.0  # 1.0: teacher's soft targets only
     kd_temperature: float = 2.0
-    # oBERT
-    obert_block_size: int = 50
-    obert_num_grads: int = 1024
-    obert_grad_batch_size: int = 8
-    obert_damp: float = 1e-7
-    obert_chunk_mb: int = 4096  # inverse-Fisher memory per chunk of layers
+    # each method's own typed settings, by method name (pruning/<method>.py: Settings), e.g.
+    # options: {obert: {num_grads: 64, grad_batch_size: 8}}
+    options: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,6 +162,10 @@ def _coerce(tp, value, where: str):
             except UserError:
                 continue
         raise UserError(f"{where}: wrong type {type(value).__name__} ({value!r})")
+    if origin is dict:  # a mapping of sections (prune.options): each checked by its owner
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise UserError(f"{where}: expected a mapping of mappings, got {value!r}")
+        return {str(k): dict(v) for k, v in value.items()}
     if origin is tuple:
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         if isinstance(value, (str, int, float)):
@@ -227,17 +228,27 @@ def pipeline_path(task: str, pipelines_dir: Path | None = None) -> Path:
     return (pipelines_dir or PIPELINES_DIR) / f"{task}.yaml"
 
 
-def read_pipeline(path: Path) -> dict:
+def read_pipeline(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A pipeline file; with `include: OTHER.yaml` (beside it), that file's base and profiles
+    first, this file's merged over them key by key."""
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a mapping with 'base' and 'profiles'")
-    unknown = set(doc) - {"task", "description", "base", "profiles"}
+    unknown = set(doc) - {"task", "description", "include", "base", "profiles"}
     if unknown:
         raise UserError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'")
+    if "include" in doc:
+        inc = Path(path).parent / str(doc.pop("include"))
+        if inc.resolve() in _seen or inc.resolve() == Path(path).resolve():
+            raise UserError(f"{path}: include cycle through {inc.name}")
+        shared = read_pipeline(inc, _seen + (Path(path).resolve(),))
+        doc = _merge({k: v for k, v in shared.items() if k in ("base", "profiles")}, doc)
     return doc
 
 
@@ -362,9 +373,11 @@ def validate(r: Recipe) -> None:
         raise UserError(f"prune.kd_hardness must be in [0, 1], got {p.kd_hardness}")
     if p.kd_temperature <= 0:
         raise UserError(f"prune.kd_temperature must be > 0, got {p.kd_temperature}")
-    for key in ("obert_block_size", "obert_num_grads", "obert_grad_batch_size", "obert_damp", "obert_chunk_mb"):
-        if getattr(p, key) <= 0:
-            raise UserError(f"prune.{key} must be > 0, got {getattr(p, key)}")
+    from .pruning.registry import settings_for
+
+    for name in p.options:
+        settings_for(name, p.options)  # unknown method, unknown key, wrong type or range: one line
+    settings_for(p.method, p.options)
     if r.attention_dropout is not None and not 0.0 <= r.attention_dropout < 1.0:
         raise UserError(f"attention_dropout must be in [0, 1), got {r.attention_dropout}")
     if r.precision not in ("auto", "bf16", "fp32"):

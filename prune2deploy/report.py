@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .files import read_json
-from .run import STAGES as STAGE_NAMES
+from .stages import STAGES as STAGE_NAMES
 
 
 def build_report(recipe, run_dir: Path) -> dict:

@@ -22,19 +22,21 @@ from .errors import UserError
 from .files import hash_dir, read_json, replace_dir, sha256_json, write_json_atomic
 from .progress import log
 from .recipe import Recipe
-from .stages.common import checkpoint_path
+from .stages import STAGES  # the registry: stage names in order (see stages/__init__.py)
+from .stages.common import StageContext, checkpoint_path
 
-STAGES = ("teacher", "prune", "validate", "export", "quantize", "bench")
-DEPENDS = {"teacher": (), "prune": ("teacher",), "validate": ("teacher", "prune"), "export": ("teacher", "prune"), "quantize": ("teacher", "prune", "export"), "bench": ("export", "quantize")}
-# Which recipe fields each stage reads (its cache key), besides its upstream outputs.
-READS = {
-    "teacher": ("task", "model", "seed", "precision", "attention_dropout", "data", "teacher"),
-    "prune": ("task", "model", "seed", "precision", "attention_dropout", "data", "prune"),
-    "validate": ("task", "data"),
-    "export": ("task", "export"),
-    "quantize": ("task", "seed", "precision", "attention_dropout", "data", "prune", "export", "threads"),  # QAT trains
-    "bench": ("task", "data", "bench", "threads"),
-}
+
+
+def stage_module(stage: str):
+    return importlib.import_module(f".stages.{stage}", __package__)
+
+
+def needs(stage: str) -> tuple[str, ...]:
+    return stage_module(stage).NEEDS
+
+
+def reads(stage: str) -> tuple[str, ...]:
+    return stage_module(stage).READS
 
 
 def default_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
@@ -53,7 +55,7 @@ def versions() -> dict[str, str]:
 
 def stage_key(stage: str, recipe: Recipe, upstream: dict[str, dict]) -> str:
     d = recipe.to_dict()
-    return sha256_json({"stage": stage, "reads": {k: d[k] for k in READS[stage]}, "upstream": {k: v["output_hash"] for k, v in upstream.items()}, "p2d": __version__})
+    return sha256_json({"stage": stage, "reads": {k: d[k] for k in reads(stage)}, "upstream": {k: v["output_hash"] for k, v in upstream.items()}, "p2d": __version__})
 
 
 def read_record(run_dir: Path, stage: str) -> dict | None:
@@ -116,7 +118,7 @@ def load_run_recipe(run_dir: Path) -> Recipe:
 
 def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) -> dict:
     upstream = {}
-    for dep in DEPENDS[stage]:
+    for dep in needs(stage):
         rec = read_record(run_dir, dep)
         if rec is None:
             raise UserError(f"stage '{stage}' needs '{dep}' in {run_dir}: run `p2d {dep} {run_dir}` first")
@@ -139,18 +141,19 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
     non-main rank's outputs go to a scratch dir that is removed. After the stage every rank
     waits for rank 0's record and returns it; a failure on rank 0 stops every rank."""
     with D.together(f"stage '{stage}'"):
+        parallel = stage_module(stage).PARALLEL
         if D.is_main():
-            if stage in D.PARALLEL_STAGES:
+            if parallel:
                 _run_stage_here(stage, recipe, run_dir, upstream, key)
             else:  # rank 0 alone: whatever it trains (QAT) runs as one process, no collectives
                 with D.local():
                     _run_stage_here(stage, recipe, run_dir, upstream, key)
-        elif stage in D.PARALLEL_STAGES:  # computed here, never committed
+        elif parallel:  # computed here, never committed
             scratch = D.scratch(run_dir, stage)
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
             try:
-                importlib.import_module(f".stages.{stage}", __package__).run(recipe, scratch, upstream, run_dir, key)
+                stage_module(stage).run(StageContext(recipe, scratch, run_dir, upstream, key))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     rec = read_record(run_dir, stage)
@@ -160,7 +163,7 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
 
 
 def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, key: str) -> dict:
-    module = importlib.import_module(f".stages.{stage}", __package__)
+    module = stage_module(stage)
     tmp = run_dir / f".{stage}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -168,7 +171,7 @@ def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, k
     log(f"[bold]{stage}[/bold]")
     started = time.time()
     try:
-        result = module.run(recipe, tmp, upstream, run_dir, key)
+        result = module.run(StageContext(recipe, tmp, run_dir, upstream, key))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -178,7 +181,7 @@ def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, k
         "stage": stage,
         "status": "done",
         "key": key,
-        "reads": {k: recipe.to_dict()[k] for k in READS[stage]},
+        "reads": {k: recipe.to_dict()[k] for k in module.READS},
         "upstream": {k: v["output_hash"] for k, v in upstream.items()},
         "outputs": outputs,
         "external": external,

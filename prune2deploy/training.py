@@ -1,4 +1,4 @@
-"""The fine-tuning loop shared by the teacher and prune stages, and batched inference.
+"""The fine-tuning loop shared by the teacher and prune stages (inference: `inference.py`).
 
 Plain and top-down: one loop, an optional teacher for KD, optional pruning events at given
 optimizer steps, masks re-applied after every optimizer step. Knows models and tensors,
@@ -18,9 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .inference import collate, logits_of, model_inputs
 from .progress import Bar, warn
-
-LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
 def seed_everything(seed: int) -> None:
@@ -48,61 +47,17 @@ def autocast(precision: str, device: str = "cpu"):
     return torch.autocast(device, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
-def collate(tokenizer):
-    """Pad a list of feature dicts to the longest in the batch ((batch, choices, seq) for multiple choice)."""
+def training_loss(model, batch: dict, teacher, kd_temperature: float, kd_hardness: float) -> torch.Tensor:
+    """The task loss, or with a teacher the KD loss (`distill.kd_loss`): the one loss that both
+    training and oBERT's gradient stream differentiate."""
+    from .pruning import distill
 
-    def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
-        inputs = [{k: v for k, v in r.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for r in rows]
-        verbose = getattr(tokenizer, "deprecation_warnings", {})
-        verbose["Asking-to-pad-a-fast-tokenizer"] = True  # pre-tokenized features: pad is right here
-        if inputs and isinstance(inputs[0]["input_ids"][0], list):  # multiple choice: [choices][tokens] per row
-            flat = [{k: v[c] for k, v in r.items()} for r in inputs for c in range(len(r["input_ids"]))]
-            batch = {k: v.view(len(inputs), -1, v.shape[-1]) for k, v in tokenizer.pad(flat, return_tensors="pt").items()}
-        else:
-            batch = tokenizer.pad(inputs, return_tensors="pt")
-        for key in LABEL_KEYS:
-            if key in rows[0]:
-                batch[key] = torch.tensor([r[key] for r in rows])
-        return dict(batch)
-
-    return fn
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-def logits_of(output) -> list[torch.Tensor]:
-    if hasattr(output, "start_logits") and output.start_logits is not None:
-        return [output.start_logits, output.end_logits]
-    return [output.logits]
-
-
-@torch.no_grad()
-def forward_batches(model, features, tokenizer, batch_size: int, description: str, pad_to: int | None = None) -> list[np.ndarray]:
-    """Run `model` over a datasets.Dataset of features in fp32; returns one array per output head.
-
-    Token-level heads (QA start/end) are padded with -1e4 to `pad_to` positions.
-    """
-    model.eval()
-    fn = collate(tokenizer)
-    outs: list[list[np.ndarray]] = []
-    starts = range(0, len(features), batch_size)
-    with Bar(description, len(starts)) as bar:
-        for i in starts:
-            rows = [features[j] for j in range(i, min(i + batch_size, len(features)))]
-            batch = fn(rows)
-            logits = logits_of(model(**model_inputs(batch)))
-            length = batch["input_ids"].shape[-1]
-            heads = []
-            for t in logits:
-                a = t.float().cpu().numpy()
-                if pad_to is not None and a.ndim == 2 and a.shape[1] == length:
-                    a = np.pad(a, ((0, 0), (0, pad_to - length)), constant_values=-1e4)
-                heads.append(a)
-            outs.append(heads)
-            bar.advance()
-    return [np.concatenate([o[h] for o in outs]) for h in range(len(outs[0]))] if outs else []
+    out = model(**batch)
+    if teacher is None:
+        return out.loss
+    with torch.no_grad():
+        t_logits = logits_of(teacher(**model_inputs(batch)))
+    return distill.kd_loss(logits_of(out), t_logits, out.loss, kd_temperature, kd_hardness)
 
 
 @dataclass
@@ -195,7 +150,6 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
     checkpoint is resumed from. Returns a small log (losses, pruning events).
     """
     from . import distributed as D
-    from .pruning import distill
     from .pruning import masks as M
 
     device = D.device()  # a GPU when there is one (this rank's, with several processes)
@@ -249,13 +203,7 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step)
             with autocast(cfg.precision, device.type):
-                out = train_model(**batch)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = logits_of(teacher(**model_inputs(batch)))
-                    loss = distill.kd_loss(logits_of(out), t_logits, out.loss, cfg.kd_temperature, cfg.kd_hardness)
-                else:
-                    loss = out.loss
+                loss = training_loss(train_model, batch, teacher, cfg.kd_temperature, cfg.kd_hardness)
             loss.backward()
             if modules is not None:  # pruned weights get no gradient: none counts in the clipping norm
                 M.mask_gradients(modules)
@@ -291,7 +239,6 @@ def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_siz
     (together the ranks compute each of the n once). `model` is the unwrapped module (no DDP
     gradient averaging: each gradient is one mini-batch's).
     """
-    from .pruning import distill
 
     device = next(model.parameters()).device
 
@@ -308,13 +255,7 @@ def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_siz
                 batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
                 model.zero_grad(set_to_none=True)
                 with autocast(precision, device.type):
-                    out = model(**batch)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            t_logits = logits_of(teacher(**model_inputs(batch)))
-                        loss = distill.kd_loss(logits_of(out), t_logits, out.loss, kd_temperature, kd_hardness)
-                    else:
-                        loss = out.loss
+                    loss = training_loss(model, batch, teacher, kd_temperature, kd_hardness)
                 loss.backward()
                 yield {name: modules[name].weight.grad.detach().float() for name in names}
                 bar.advance()

@@ -232,3 +232,11 @@ def test_export_parity_failure_is_one_line_and_writes_no_export(tmp_path, tiny_m
     assert (out / "prune" / "stage.json").is_file()  # the stages before it stand
     assert not (out / "export").exists() and not list(out.glob(".export*"))  # nothing half-written
     assert not (out / "report.json").exists()
+
+
+def test_method_options_bad_input_is_one_line(tmp_path):
+    res = p2d("run", "squad", "--profile", "smoke", "--method", "obert", "--set", "prune.options.obert.damp=-1", "--out", tmp_path / "r")
+    assert_user_error(res, "prune.options.obert.damp must be > 0, got -1")
+    res = p2d("run", "squad", "--profile", "smoke", "--set", "prune.options.nosuch.x=1", "--out", tmp_path / "r")
+    assert_user_error(res, "unknown method 'nosuch'")
+    assert not (tmp_path / "r").exists()

@@ -50,7 +50,7 @@ def test_features_and_fixed_inputs_are_three_dimensional(tmp_path):
     from transformers import AutoTokenizer
 
     from prune2deploy.models import resolve_model
-    from prune2deploy.training import collate
+    from prune2deploy.inference import collate
 
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
     recipe = load_recipe("commonsense_qa", "smoke", {"data.data_dir": str(csqa_dir(tmp_path))})
@@ -138,5 +138,6 @@ def test_multiple_choice_pipeline_export_bench_package(tmp_path, tiny_model_dir,
     assert samples["input.input_ids"].ndim == 3 and samples["output.logits"].shape == samples["input.input_ids"].shape[:2]
     cfg = next(pkg.glob("model_repository/*/config.pbtxt")).read_text()
     assert "dims: [ -1, -1 ]" in cfg  # choices and sequence: Triton's batch dim dropped
+    assert not (pkg / "deepsparse_server.yaml").exists()  # DeepSparse's server has no multiple-choice pipeline
     res = p2d("verify", pkg)
     assert res.returncode == 0, res.stdout + res.stderr

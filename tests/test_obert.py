@@ -78,7 +78,6 @@ def test_layer_not_multiple_of_block_and_masks_exact():
     torch.manual_seed(1)
     mods = {"a": nn.Linear(7, 3), "b": nn.Linear(5, 5)}  # 21 and 25 weights, block 4
     M.attach_masks(mods)
-    X = torch.randn(16, 1)
 
     def gradients(names):
         for i in range(16):
@@ -177,3 +176,40 @@ def test_accumulated_inverse_equals_rank_one_chain_and_direct_inverse(group):
         direct = torch.linalg.inv(damp * torch.eye(B) + G[:, b, :].T @ G[:, b, :] / m)
         assert torch.allclose(grouped[b], direct, rtol=1e-3, atol=1e-3 * direct.abs().max())
         assert torch.allclose(grouped[b], one[b], rtol=1e-3, atol=1e-3 * direct.abs().max())
+
+
+def test_obert_settings_are_typed_and_checked_where_defined():
+    from prune2deploy.pruning.registry import get_method, settings_for
+
+    s = settings_for("obert", {"obert": {"num_grads": 64, "grad_batch_size": 8}})
+    assert (s.num_grads, s.grad_batch_size, s.block_size, s.damp) == (64, 8, 50, 1e-7)  # the rest default
+    with pytest.raises(UserError, match=r"prune.options.obert: unknown key 'grads'"):
+        settings_for("obert", {"obert": {"grads": 64}})
+    with pytest.raises(UserError, match=r"prune.options.obert.damp must be > 0"):
+        settings_for("obert", {"obert": {"damp": 0}})
+    with pytest.raises(UserError, match=r"prune.options.obert.num_grads: expected an integer"):
+        settings_for("obert", {"obert": {"num_grads": "many"}})
+    with pytest.raises(UserError, match=r"block_size 50 is larger than layer a \(6 weights\)"):
+        s.check({"a": nn.Linear(3, 2)})
+    assert settings_for("gmp", {}) == get_method("gmp").Settings()  # GMP has no settings of its own
+
+
+def test_a_method_object_prunes_with_its_named_resources():
+    """The prune stage hands `fit` the method's prune_step; oBERT gets its gradient stream as a
+    named resource and salts it per event (a resumed run draws the same gradients)."""
+    from prune2deploy.pruning.registry import get_method, settings_for
+
+    torch.manual_seed(0)
+    mods = {"a": nn.Linear(8, 4), "b": nn.Linear(8, 4)}
+    M.attach_masks(mods)
+    salts = []
+
+    def gradients(names, salt=0):
+        salts.append(salt)
+        g = torch.Generator().manual_seed(salt)
+        return ({n: torch.randn(4, 8, generator=g) for n in names} for _ in range(4))
+
+    method = get_method("obert")(settings_for("obert", {"obert": {"block_size": 4, "num_grads": 4, "damp": 1e-3}}), "global", None, gradients=gradients)
+    method.prune_step(mods, 0.5)
+    M.check_exact(M.get_masks(mods), 0.5, "global")
+    assert salts and set(salts) == {500000}

@@ -8,7 +8,7 @@ from prune2deploy.errors import VerificationError
 from prune2deploy.onnx_sparsity import require_ok, verify
 from prune2deploy.pruning import gmp
 from prune2deploy.pruning import masks as M
-from prune2deploy.stages.export import export_onnx
+from prune2deploy.onnx_export import export_onnx
 from prune2deploy.tasks.registry import get_task
 
 

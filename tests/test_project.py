@@ -42,6 +42,9 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
+STAGE_MODULES = ("teacher", "prune", "validate", "export", "quantize", "bench")
+
+
 def test_layering_nothing_imports_cli_and_libraries_do_not_import_stages():
     pkg = ROOT / "prune2deploy"
     for path in pkg.rglob("*.py"):
@@ -52,7 +55,25 @@ def test_layering_nothing_imports_cli_and_libraries_do_not_import_stages():
             assert not any("stages" in i or i.endswith(".run") for i in imps), f"{rel} imports a stage or the runner"
         if rel.startswith("runtimes/"):
             assert not any("training" in i or "pruning" in i for i in imps), f"{rel} imports training code"
+        if rel != "run.py" and not rel.startswith("stages/"):  # stages are run by the runner, never imported
+            assert not any("stages" in i.split(".")[:-1] or i.split(".")[-1] in STAGE_MODULES for i in imps), f"{rel} imports a stage"
+        if rel.startswith("stages/"):  # a stage imports libraries and stages/common, no other stage
+            assert not any(i.split(".")[-1] in STAGE_MODULES for i in imps), f"{rel} imports another stage"
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        assert not any("stages" in i.split(".") for i in _imports(path)), f"benchmarks/{path.name} imports a stage"
 
 
 def test_torch_is_pinned_to_the_cpu_wheel():
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_ruff_lint_is_clean():
+    """The linter config in pyproject.toml, run on the package, tests and benchmarks."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is in the test extras (scripts/bootstrap installs it)"
+    res = subprocess.run([ruff, "check", "--no-cache", "prune2deploy", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:]

@@ -53,7 +53,7 @@ def test_a_lost_zero_is_caught(int8_run, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from prune2deploy.stages.quantize import check_zeros_kept
+    from prune2deploy.int8 import check_zeros_kept
 
     model = onnx.load(str(int8_run / "quantize" / "model.int8.onnx"))
     init = next(t for t in model.graph.initializer if t.name.endswith("_quantized") and numpy_helper.to_array(t).dtype == np.int8)
@@ -102,7 +102,7 @@ def test_static_qdq_int8_keeps_zeros_and_matches_fp32(int8_run, tmp_path):
     from prune2deploy.benchmark import fixed_inputs
     from prune2deploy.models import load_tokenizer
     from prune2deploy.runtimes import onnxruntime as ort_rt
-    from prune2deploy.stages.quantize import check_zeros_kept, quantize_int8_static
+    from prune2deploy.int8 import check_zeros_kept, quantize_int8_static
 
     export = int8_run / "export"
     tok = load_tokenizer(str(export))

@@ -18,7 +18,7 @@ def test_paper_profile_is_the_published_recipe():
     p = r.prune
     assert (p.epochs, p.init_sparsity, p.prune_start, p.prune_end, p.prune_freq) == (30, 0.7, 2, 26, 4)
     assert (p.lr, p.lr_min, p.kd_hardness, p.kd_temperature) == (8e-5, 8e-6, 1.0, 2.0)
-    assert (p.obert_block_size, p.obert_num_grads, p.obert_damp) == (50, 1024, 1e-7)
+    assert p.options["obert"] == {"block_size": 50, "num_grads": 1024, "grad_batch_size": 8, "damp": 1e-7}
     assert r.data.max_length == 384 and r.data.doc_stride == 128
     assert r.epoch_scale() == pytest.approx(1.0)
 
@@ -61,3 +61,15 @@ def test_bad_recipe_files(tmp_path):
     with pytest.raises(UserError, match="unknown key 'unknown_section'"):
         load_recipe("squad", "smoke", recipe_file=f)
     assert (PIPELINES_DIR / "squad.yaml").is_file()
+
+
+def test_a_pipeline_includes_a_shared_base(tmp_path):
+    shared = tmp_path / "_shared.yaml"
+    shared.write_text("base:\n  seed: 3\n  data: {max_length: 99, doc_stride: 9}\nprofiles:\n  default:\n    prune: {lr: 1.0e-4, batch_size: 4}\n")
+    (tmp_path / "mine.yaml").write_text("task: rotten_tomatoes\ninclude: _shared.yaml\nbase:\n  data: {max_length: 64}\nprofiles:\n  default:\n    prune: {lr: 2.0e-4}\n")
+    r = load_recipe("rotten_tomatoes", "default", recipe_file=tmp_path / "mine.yaml")
+    assert (r.seed, r.data.max_length, r.data.doc_stride) == (3, 64, 9)  # included, then overridden key by key
+    assert (r.prune.lr, r.prune.batch_size) == (2e-4, 4)
+    shared.write_text("include: mine.yaml\nbase: {}\nprofiles: {default: {}}\n")
+    with pytest.raises(UserError, match="include cycle"):
+        load_recipe("rotten_tomatoes", "default", recipe_file=tmp_path / "mine.yaml")

@@ -16,10 +16,10 @@ from prune2deploy.run import prepare_run_dir, read_record, run_stage
 def test_disk_full_in_a_stage_leaves_no_half_stage(tmp_path, monkeypatch, capsys):
     import prune2deploy.stages.teacher as teacher
 
-    def full_disk(recipe, out, upstream, run_dir, key):
-        (out / "model").mkdir()
-        (out / "model" / "part.bin").write_bytes(b"half")
-        raise OSError(errno.ENOSPC, "No space left on device", str(out / "model" / "more.bin"))
+    def full_disk(ctx):
+        (ctx.out / "model").mkdir()
+        (ctx.out / "model" / "part.bin").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(ctx.out / "model" / "more.bin"))
 
     monkeypatch.setattr(teacher, "run", full_disk)
     recipe = load_recipe("rotten_tomatoes", "smoke")

@@ -1,6 +1,5 @@
 """Runtimes: registry rules, DeepSparse through its own environment, OpenVINO, parity."""
 
-import os
 import stat
 
 import numpy as np
@@ -21,7 +20,7 @@ def sparse_onnx(tmp_path_factory):
     from prune2deploy.models import resolve_model
     from prune2deploy.pruning import gmp
     from prune2deploy.pruning import masks as M
-    from prune2deploy.stages.export import export_onnx
+    from prune2deploy.onnx_export import export_onnx
     from prune2deploy.tasks.registry import get_task
     from tests.conftest import tiny_config
 

@@ -67,7 +67,7 @@ def test_first_step_is_the_same_share_of_a_lower_target_and_zero_target_has_no_e
 
 def test_epoch_scale_is_capped_and_a_layer_keeping_a_handful_is_warned(tiny_qa, capsys):
     from prune2deploy.pruning import masks as M
-    from prune2deploy.stages.prune import warn_few_kept
+    from prune2deploy.pruning.masks import warn_few_kept
 
     r = load_recipe("squad", "default", {"prune.target_sparsity": 0.999999})
     assert r.epoch_scale() == pytest.approx(r.prune.max_epoch_scale) and r.prune.max_epoch_scale == 3.0

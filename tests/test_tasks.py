@@ -50,7 +50,7 @@ def test_grouped_accuracy_and_f1_are_computed_per_group(tmp_path, monkeypatch):
     labels = np.array(dev["label"])
     pred = np.array([0, 1, 2, 0, 0, 0, 1, 1, 1, 1])  # fixed predictions, through a stub forward pass
 
-    import prune2deploy.training as T
+    import prune2deploy.inference as T
 
     monkeypatch.setattr(T, "forward_batches", lambda model, feats, tok, bs, desc: (np.eye(3)[pred],))
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))

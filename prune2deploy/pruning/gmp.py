@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import masks as M
 
 
@@ -10,3 +12,22 @@ def prune_step(modules, sparsity: float, scope: str, ctx=None) -> None:
     scores = {f"{n}.weight": m.weight.detach().abs() for n, m in modules.items()}
     new = M.masks_from_scores(scores, M.get_masks(modules), sparsity, scope, (ctx or {}).get("pattern"))
     M.set_masks(modules, new)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """GMP has no settings of its own (the schedule is the recipe's)."""
+
+    def check(self, modules: dict | None = None) -> None:
+        pass
+
+
+class GMP:
+    about = "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule"
+    Settings = Settings
+
+    def __init__(self, settings: Settings, scope: str, pattern: str | None, **resources):
+        self.scope, self.pattern = scope, pattern
+
+    def prune_step(self, modules: dict, sparsity: float) -> None:
+        prune_step(modules, sparsity, self.scope, {"pattern": self.pattern})

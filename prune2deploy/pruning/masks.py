@@ -198,3 +198,20 @@ def masks_from_scores(
         out[name] = mask[offset : offset + s.numel()].view_as(s).to(s.device)
         offset += s.numel()
     return out
+
+
+FEW = 16  # a layer keeping fewer weights than this is all but removed
+
+
+def warn_few_kept(modules: dict, sparsity: float) -> str | None:
+    """One warning line when the smallest layer would keep fewer than FEW weights at `sparsity`
+    (exactly so per layer; on average so with global ranking)."""
+    name, mod = min(modules.items(), key=lambda kv: kv[1].weight.numel())
+    kept = round((1 - sparsity) * mod.weight.numel())
+    if kept >= FEW:
+        return None
+    msg = f"warning: at sparsity {sparsity:g} layer {name} keeps about {kept} of {mod.weight.numel()} weights"
+    from ..progress import warn
+
+    warn(msg)
+    return msg

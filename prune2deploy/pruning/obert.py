@@ -24,6 +24,8 @@ the same weights: no update is applied before every chunk's update is computed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
@@ -191,3 +193,43 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
         for n, dw in updates.items():
             modules[n].weight.add_(dw)
     M.set_masks(modules, new)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """oBERT's own settings (recipe: `prune.options.obert`)."""
+
+    block_size: int = 50  # weights per Fisher block
+    num_grads: int = 1024  # mini-batch gradients per pruning step
+    grad_batch_size: int = 8
+    damp: float = 1e-7  # the paper's most sensitive hyper-parameter
+    chunk_mb: int = 4096  # inverse-Fisher memory per chunk of layers
+
+    def check(self, modules: dict | None = None) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise UserError(f"prune.options.obert.{f.name} must be > 0, got {getattr(self, f.name)}")
+        if modules:
+            name, mod = min(modules.items(), key=lambda kv: kv[1].weight.numel())
+            if self.block_size > mod.weight.numel():
+                raise UserError(f"prune.options.obert.block_size {self.block_size} is larger than layer {name} ({mod.weight.numel()} weights)")
+
+
+class OBert:
+    about = "Optimal BERT Surgeon: block-diagonal empirical Fisher saliency + OBS weight update"
+    Settings = Settings
+
+    def __init__(self, settings: Settings, scope: str, pattern: str | None, *, gradients, sum_across_ranks=None, rank: int = 0, **_):
+        """`gradients(names, salt)`: the stream of mini-batch gradients (`training.gradient_stream`);
+        `sum_across_ranks`: an in-place all-reduce with several processes."""
+        self.settings, self.scope, self.pattern = settings, scope, pattern
+        self.gradients, self.sum_across_ranks, self.rank = gradients, sum_across_ranks, rank
+
+    def prune_step(self, modules: dict, sparsity: float) -> None:
+        s = self.settings
+        # fresh gradient batches at every pruning event, seeded by the event's sparsity (a
+        # resumed run draws the same ones)
+        ctx = {"pattern": self.pattern, "rank": self.rank, "sum_across_ranks": self.sum_across_ranks,
+               "obert": {"block_size": s.block_size, "num_grads": s.num_grads, "damp": s.damp, "chunk_bytes": s.chunk_mb << 20},
+               "gradients": partial(self.gradients, salt=round(sparsity * 1e6))}
+        prune_step(modules, sparsity, self.scope, ctx)

@@ -1,4 +1,6 @@
-"""Pruning methods by name: each a `prune_step(modules, sparsity, scope, ctx)` function."""
+"""Pruning methods by name: each a small class (one file) with typed `Settings` of its own
+(recipe: `prune.options.<name>`) and `prune_step(modules, sparsity)`. A new method is one
+file plus one line here."""
 
 from __future__ import annotations
 
@@ -6,8 +8,8 @@ from ..errors import UserError
 from . import gmp, obert
 
 METHODS = {
-    "gmp": (gmp.prune_step, "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule"),
-    "obert": (obert.prune_step, "Optimal BERT Surgeon: block-diagonal empirical Fisher saliency + OBS weight update"),
+    "gmp": gmp.GMP,
+    "obert": obert.OBert,
 }
 
 
@@ -18,8 +20,18 @@ def method_names() -> list[str]:
 def get_method(name: str):
     if name not in METHODS:
         raise UserError(f"unknown method '{name}' (known: {', '.join(METHODS)})")
-    return METHODS[name][0]
+    return METHODS[name]
+
+
+def settings_for(name: str, options: dict):
+    """The method's typed settings from `prune.options` (unknown keys and wrong types refused)."""
+    from ..recipe import _build
+
+    cls = get_method(name)
+    settings = _build(cls.Settings, dict(options.get(name) or {}), f"prune.options.{name}")
+    settings.check()
+    return settings
 
 
 def describe() -> dict[str, str]:
-    return {k: v[1] for k, v in METHODS.items()}
+    return {k: v.about for k, v in METHODS.items()}

@@ -27,14 +27,6 @@ class Plan:
                 return self.lr + (self.lr_min - self.lr) * (step - a) / max(1, b - a)
         return self.lr_min
 
-    def sparsity_at(self, step: int) -> float:
-        """The sparsity in force after `step`'s pruning event (0 before the first)."""
-        s = 0.0
-        for at, target in self.prune_steps:
-            if at <= step:
-                s = target
-        return s
-
 
 def cubic(t: float, t0: float, t1: float, s_i: float, s_f: float) -> float:
     if t1 <= t0 or t >= t1:

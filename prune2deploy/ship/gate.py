@@ -128,7 +128,7 @@ def evaluate(report: dict, gate: dict) -> list[Check]:
 
 def junit_xml(checks: list[Check], suite: str) -> str:
     failures = sum(not c.passed for c in checks)
-    out = [f'<?xml version="1.0" encoding="UTF-8"?>', f'<testsuite name="{escape(suite)}" tests="{len(checks)}" failures="{failures}">']
+    out = ['<?xml version="1.0" encoding="UTF-8"?>', f'<testsuite name="{escape(suite)}" tests="{len(checks)}" failures="{failures}">']
     for c in checks:
         out.append(f'  <testcase classname="p2d.gate" name="{escape(c.name)}">')
         if not c.passed:

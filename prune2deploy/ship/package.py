@@ -143,13 +143,14 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
         (tmp / model_rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, tmp / model_rel)
         inputs, outputs = graph_io(tmp / model_rel)
+        task = get_task(recipe.task)
         if fmt == "triton":
             (tmp / f"model_repository/{name}/config.pbtxt").write_text(triton_config(name, inputs, outputs))
-            (tmp / "deepsparse_server.yaml").write_text(
-                f"# DeepSparse server (community licence, non-production): deepsparse.server --config_file deepsparse_server.yaml\n"
-                f"endpoints:\n  - task: {'question_answering' if recipe.task == 'squad' else 'text_classification'}\n"
-                f"    model: {model_rel}\n    batch_size: 1\n    kwargs: {{sequence_length: 128}}\n")
-        task = get_task(recipe.task)
+            if task.deepsparse_task:
+                (tmp / "deepsparse_server.yaml").write_text(
+                    f"# DeepSparse server (community licence, non-production): deepsparse.server --config_file deepsparse_server.yaml\n"
+                    f"endpoints:\n  - task: {task.deepsparse_task}\n"
+                    f"    model: {model_rel}\n    batch_size: 1\n    kwargs: {{sequence_length: 128}}\n")
         _, dev, _ = task.load(recipe)
         np.savez(tmp / "samples.npz", **reference_outputs(tmp / model_rel, export_dir, task, dev))
         (tmp / "README.md").write_text(model_card(report, name))

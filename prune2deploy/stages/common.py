@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import inside
 from ..models import load_model, resolve_model
 from ..tasks.registry import get_task
 from ..training import seed_everything, set_threads
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What the runner hands a stage: the recipe, the folder to write (renamed into place when
+    the stage finished), the run dir, the upstream records it declared in NEEDS, and its key."""
+
+    recipe: object
+    out: Path
+    run_dir: Path
+    upstream: dict
+    key: str
+
+    def result(self, stage: str) -> dict:
+        """An upstream stage's recorded result (only stages named in NEEDS are here)."""
+        return self.upstream[stage]["result"]
+
+    def path(self, stage: str, field: str) -> Path:
+        """A path an upstream record names (relative to the run dir; never outside it)."""
+        return inside(self.run_dir, self.result(stage)[field], f"{stage} record {field}")
 
 
 def setup(recipe):
@@ -26,19 +47,19 @@ def train_data(recipe, task, tokenizer):
     return features, dev, info
 
 
-def load_teacher(upstream: dict, task):
+def load_teacher(ctx: StageContext, task):
     """The teacher stage's model, frozen (a KD teacher and a baseline, never trained here)."""
-    teacher = load_model(upstream["teacher"]["result"]["model_dir"], task.auto_class, task.num_labels)
+    teacher = load_model(ctx.result("teacher")["model_dir"], task.auto_class, task.num_labels)
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
 
 
-def prune_masks(run_dir: Path, upstream: dict) -> dict:
+def prune_masks(ctx: StageContext) -> dict:
     """The prune stage's masks (its record may not point outside the run dir)."""
     from ..pruning import masks as M
 
-    return M.load_masks(inside(run_dir, upstream["prune"]["result"]["masks"], "prune record masks"))
+    return M.load_masks(ctx.path("prune", "masks"))
 
 
 def checkpoint_path(run_dir: Path, stage: str) -> Path:

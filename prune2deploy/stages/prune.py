@@ -8,8 +8,6 @@ optimizer step and checked exact at the end.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
-from pathlib import Path
 
 import torch
 
@@ -17,77 +15,61 @@ from .. import distributed as D
 from ..errors import UserError, VerificationError
 from ..files import write_json_atomic
 from ..models import load_model, load_tokenizer
-from ..progress import warn
 from ..pruning import masks as M
-from ..pruning.registry import get_method
+from ..pruning.registry import get_method, settings_for
 from ..pruning.schedule import make_plan
 from ..training import FitConfig, fit, gradient_stream
-from .common import checkpoint_path, load_teacher, setup, train_data
+from .common import StageContext, checkpoint_path, load_teacher, setup, train_data
 
-
-FEW = 16  # a layer keeping fewer weights than this is all but removed
-
-
-def warn_few_kept(modules: dict, sparsity: float) -> str | None:
-    """One warning line when the smallest layer would keep fewer than FEW weights at `sparsity`
-    (exactly so per layer; on average so with global ranking)."""
-    name, mod = min(modules.items(), key=lambda kv: kv[1].weight.numel())
-    kept = round((1 - sparsity) * mod.weight.numel())
-    if kept >= FEW:
-        return None
-    msg = f"warning: at sparsity {sparsity:g} layer {name} keeps about {kept} of {mod.weight.numel()} weights"
-    warn(msg)
-    return msg
+NEEDS = ("teacher",)
+READS = ("task", "model", "seed", "precision", "attention_dropout", "data", "prune")
+PARALLEL = True  # data parallel: every rank trains, rank 0's masks are broadcast
 
 
 def layer_sparsity(masks: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: round(1.0 - m.float().mean().item(), 6) for k, m in masks.items()}
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
+def run(ctx: StageContext) -> dict:
+    recipe, out = ctx.recipe, ctx.out
     task, base_model = setup(recipe)
     p = recipe.prune
-    teacher_dir = upstream["teacher"]["result"]["model_dir"]
+    teacher_dir = ctx.result("teacher")["model_dir"]
     tokenizer = load_tokenizer(teacher_dir)
-    teacher = load_teacher(upstream, task)
+    teacher = load_teacher(ctx, task)
     student = load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
 
     data_recipe = recipe if p.train_examples is None else replace(recipe, data=replace(recipe.data, train_examples=p.train_examples))
     features, _, data_info = train_data(data_recipe, task, tokenizer)
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
     M.attach_masks(modules)
-    if p.method == "obert":
-        smallest = min(modules.items(), key=lambda kv: kv[1].weight.numel())
-        if p.obert_block_size > smallest[1].weight.numel():
-            raise UserError(f"prune.obert_block_size {p.obert_block_size} is larger than layer {smallest[0]} ({smallest[1].weight.numel()} weights)")
-    warn_few_kept(modules, p.target_sparsity)
+    settings = settings_for(p.method, p.options)
+    settings.check(modules)
+    M.warn_few_kept(modules, p.target_sparsity)
     scale = recipe.epoch_scale()
     steps_per_epoch = max(1, len(features) // p.batch_size)
     plan = make_plan(p, scale, steps_per_epoch)
-    method = get_method(p.method)
     kd_teacher = teacher if p.kd_hardness > 0 else None
     nm = M.parse_pattern(p.pattern)
     if nm:
         odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % nm[1]), None)
         if odd:
             raise UserError(f"--pattern {p.pattern}: {odd} has input dim {modules[odd].weight.shape[-1]}, not a multiple of {nm[1]}")
-    ctx = {
-        "pattern": p.pattern,
-        "obert": {"block_size": p.obert_block_size, "num_grads": p.obert_num_grads, "damp": p.obert_damp, "chunk_bytes": p.obert_chunk_mb << 20},
-        "gradients": gradient_stream(student, features, tokenizer, modules, p.obert_num_grads, p.obert_grad_batch_size, teacher=kd_teacher,
-                                     kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, precision=recipe.precision, seed=recipe.seed, description="oBERT gradients",
-                                     rank=D.rank(), world=D.world_size()),
-        "rank": D.rank(),
-        "sum_across_ranks": D.sum_ if D.active() else None,
-    }
-    prune_fn = partial(_prune, method=method, scope=p.scope, ctx=ctx)
+    # what a method may need, as named resources: a stream of training-loss gradients and an
+    # all-reduce (methods that need neither ignore them)
+    gradients = None
+    if hasattr(settings, "num_grads"):
+        gradients = gradient_stream(student, features, tokenizer, modules, settings.num_grads, settings.grad_batch_size, teacher=kd_teacher,
+                                    kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, precision=recipe.precision, seed=recipe.seed,
+                                    description=f"{p.method} gradients", rank=D.rank(), world=D.world_size())
+    method = get_method(p.method)(settings, p.scope, p.pattern, gradients=gradients, sum_across_ranks=D.sum_ if D.active() else None, rank=D.rank())
     cfg = FitConfig(
         total_steps=plan.total_steps, batch_size=p.batch_size, lr_at=plan.lr_at, weight_decay=p.weight_decay,
         precision=recipe.precision, seed=recipe.seed, kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness,
         group_by_length=recipe.data.group_by_length, prune_events=dict(plan.prune_steps), description=f"prune {p.method} → {p.target_sparsity:g}",
-        checkpoint=checkpoint_path(run_dir, "prune"), checkpoint_every=recipe.checkpoint_every, checkpoint_tag=key,
+        checkpoint=checkpoint_path(ctx.run_dir, "prune"), checkpoint_every=recipe.checkpoint_every, checkpoint_tag=ctx.key,
     )
-    train_log = fit(student, features, tokenizer, cfg, teacher=kd_teacher, modules=modules, prune_fn=prune_fn)
+    train_log = fit(student, features, tokenizer, cfg, teacher=kd_teacher, modules=modules, prune_fn=method.prune_step)
 
     masks = M.get_masks(modules)
     try:
@@ -117,10 +99,3 @@ def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
         "model_dir": "prune/model",
         "masks": "prune/masks.safetensors",
     }
-
-
-def _prune(modules, sparsity, *, method, scope, ctx):
-    # oBERT draws fresh gradient batches at every pruning event (seeded by the event's sparsity,
-    # so a resumed run draws the same ones)
-    stream = ctx["gradients"]
-    method(modules, sparsity, scope, {**ctx, "gradients": partial(stream, salt=round(sparsity * 1e6))})

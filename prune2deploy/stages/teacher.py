@@ -15,16 +15,21 @@ from ..files import hash_dir, read_json, sha256_json, write_json_atomic
 from ..models import load_config, load_model, load_tokenizer, resolve_model
 from ..progress import log
 from ..training import FitConfig, fit
-from .common import setup, train_data
+from .common import StageContext, setup, train_data
+
+NEEDS: tuple[str, ...] = ()
+READS = ("task", "model", "seed", "precision", "attention_dropout", "data", "teacher")  # also the cache key
+PARALLEL = True  # data parallel: every rank trains
 
 
 def cache_dir(run_dir: Path, recipe) -> Path:
     d = recipe.to_dict()
-    key = sha256_json({k: d[k] for k in ("task", "model", "seed", "precision", "attention_dropout", "data", "teacher")})
+    key = sha256_json({k: d[k] for k in READS})
     return run_dir.resolve().parent / "_teachers" / f"{recipe.task}-{key[:16]}"
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
+def run(ctx: StageContext) -> dict:
+    recipe, out, run_dir = ctx.recipe, ctx.out, ctx.run_dir
     task, base_model = setup(recipe)
     t = recipe.teacher
     if t.path:

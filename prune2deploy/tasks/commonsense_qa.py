@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from . import classification as C
 from .registry import Task
 from .hub import load_hub
+from .sources import local_dir, rows_for, sampled
 
 NUM_CHOICES = 5
 TRAIN_FILES = ("train_rand_split.jsonl", "train.jsonl")
@@ -75,26 +75,17 @@ def _find(root: Path, names: tuple[str, ...]) -> Path:
 
 
 def load(recipe):
-    from datasets import Dataset
-
-    d = recipe.data
-    if d.data_dir == "hub":
+    def hub():
         ds = load_hub("commonsense_qa", offline_hint="pass --data-dir with the JSONL files")
-        train = [parse_example(ex, "hub train") for ex in ds["train"]]
-        dev = [parse_example(ex, "hub validation") for ex in ds["validation"]]
-        where = "hub:commonsense_qa"
-    elif d.data_dir:
-        root = Path(d.data_dir).expanduser()
-        if not root.is_dir():
-            raise UserError(f"--data-dir is not a directory: {root}")
-        train, dev = read_jsonl(_find(root, TRAIN_FILES)), read_jsonl(_find(root, DEV_FILES))
-        where = str(root)
-    else:
-        raise UserError("task 'commonsense_qa' has no packaged data: pass --data-dir DIR (train_rand_split.jsonl, dev_rand_split.jsonl) or --data-dir hub when online")
-    train = C.seeded_sample(train, d.train_examples, recipe.seed)
-    dev = C.seeded_sample(dev, d.eval_examples, recipe.seed + 1)
-    info = {"source": where, "split": "train/dev (the test split has no answers)", "train_examples": len(train), "eval_examples": len(dev)}
-    return Dataset.from_list(train), Dataset.from_list(dev), info
+        return [parse_example(ex, "hub train") for ex in ds["train"]], [parse_example(ex, "hub validation") for ex in ds["validation"]], {"source": "hub:commonsense_qa"}
+
+    def local(root: Path):
+        root = local_dir(root)
+        return read_jsonl(_find(root, TRAIN_FILES)), read_jsonl(_find(root, DEV_FILES)), {"source": str(root)}
+
+    train, dev, info = rows_for(recipe, hub=hub, local=local, no_packaged="task 'commonsense_qa' has no packaged data: pass --data-dir DIR "
+                                "(train_rand_split.jsonl, dev_rand_split.jsonl) or --data-dir hub when online")
+    return sampled(recipe, train, dev, {**info, "split": "train/dev (the test split has no answers)"})
 
 
 def _pairs(questions: list[str], choices: list[list[str]]) -> tuple[list[str], list[str]]:
@@ -115,7 +106,7 @@ def train_features(tokenizer, examples, data_cfg):
 
 
 def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 16, description: str = "eval"):
-    from ..training import forward_batches
+    from ..inference import forward_batches
 
     features = train_features(tokenizer, examples, data_cfg)
     labels = np.array(features["labels"])
@@ -151,4 +142,5 @@ TASK = Task(
     sample_inputs=sample_inputs,
     max_length=80,
     encode=encode,
+    deepsparse_task=None,  # DeepSparse's server has no multiple-choice pipeline
 )

@@ -19,6 +19,7 @@ from ..errors import UserError
 from . import classification as C
 from .registry import Task
 from .hub import load_hub
+from .sources import rows_for, seeded_sample
 
 
 @dataclass(frozen=True)
@@ -84,25 +85,26 @@ def load(recipe, name: str):
 
     spec = GLUE[name]
     d = recipe.data
-    if d.data_dir == "hub":
+
+    def hub():
         ds = load_hub("glue", spec.hub_name, offline_hint="pass --data-dir with GLUE TSV files")
         train = [_row([ex[c] for c in spec.hub_text], int(ex["label"])) for ex in ds["train"]]
         groups = [[_row([ex[c] for c in spec.hub_text], int(ex["label"])) for ex in ds[s] if int(ex["label"]) >= 0] for s in spec.hub_dev_splits]
-        where = f"hub:glue/{spec.hub_name}"
-    elif d.data_dir:
-        root = _local_dir(Path(d.data_dir).expanduser(), spec)
-        train = read_tsv(root / "train.tsv", spec)
-        groups = [read_tsv(root / f, spec) for f in spec.dev_files]
-        where = str(root)
-    else:
-        raise UserError(f"task '{name}' has no packaged data: pass --data-dir DIR (GLUE layout, DIR/{spec.folder}/train.tsv) or --data-dir hub when online")
-    train = C.seeded_sample(train, d.train_examples, recipe.seed)
-    dev = []
+        return train, groups, {"source": f"hub:glue/{spec.hub_name}"}
+
+    def local(root: Path):
+        root = _local_dir(root, spec)
+        return read_tsv(root / "train.tsv", spec), [read_tsv(root / f, spec) for f in spec.dev_files], {"source": str(root)}
+
+    train, groups, info = rows_for(recipe, hub=hub, local=local, no_packaged=f"task '{name}' has no packaged data: pass --data-dir DIR "
+                                   f"(GLUE layout, DIR/{spec.folder}/train.tsv) or --data-dir hub when online")
+    train = seeded_sample(train, d.train_examples, recipe.seed)
+    dev = []  # each dev group (MNLI matched, mismatched) sampled on its own
     for g, (rows, fname) in enumerate(zip(groups, spec.dev_files)):
         per_group = None if d.eval_examples is None else max(1, d.eval_examples // len(groups))
         group = fname.removesuffix(".tsv").removeprefix("dev_") if len(groups) > 1 else None
-        dev += [{**r, **({"group": group} if group else {})} for r in C.seeded_sample(rows, per_group, recipe.seed + 1 + g)]
-    info = {"source": where, "split": "GLUE train/dev", "train_examples": len(train), "eval_examples": len(dev)}
+        dev += [{**r, **({"group": group} if group else {})} for r in seeded_sample(rows, per_group, recipe.seed + 1 + g)]
+    info = {**info, "split": "GLUE train/dev", "train_examples": len(train), "eval_examples": len(dev)}
     return Dataset.from_list(train), Dataset.from_list(dev), info
 
 

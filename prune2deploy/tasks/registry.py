@@ -30,6 +30,9 @@ class Task:
     # encode(tokenizer, samples, batch_size, seq_len) -> fixed-shape model inputs: what export,
     # bench and package feed the graph. (batch, seq) by default; multiple choice is 3-D.
     encode: Callable[..., dict] = fixed_inputs
+    # the DeepSparse server pipeline that serves it (`p2d package --format triton`); None: none
+    # fits, and the package says so instead of writing a config that would mis-serve it
+    deepsparse_task: str | None = "text_classification"
 
 
 def _tasks() -> dict[str, Task]:

@@ -9,7 +9,6 @@ question-answering examples. Metric: official v1.1 EM/F1.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from .packaged import packaged_path
 from .registry import Task
 from .squad_metric import squad_v1
 from .hub import load_hub
+from .sources import local_dir, rows_for, sampled
 
 N_BEST = 20
 MAX_ANSWER_TOKENS = 30
@@ -62,52 +62,46 @@ def read_squad_json(path: Path, require_answers: bool = True) -> list[dict]:
     return rows
 
 
-def _subset(rows: list, n: int | None, seed: int) -> list:
-    if n is None or n >= len(rows):
-        return rows
-    idx = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in idx]
-
-
 def load(recipe):
-    from datasets import Dataset
-
-    d = recipe.data
-    if d.data_dir == "hub":
+    def hub():
         ds = load_hub("squad", offline_hint="omit --data-dir to use packaged data")
-        train, dev = list(ds["train"]), list(ds["validation"])
-        source = "hub:squad"
-    else:
-        root = Path(d.data_dir).expanduser() if d.data_dir else packaged_dir()
-        if not root.is_dir():
-            raise UserError(f"--data-dir is not a directory: {root}")
-        train = read_squad_json(root / FILES["train"])
-        dev = read_squad_json(root / FILES["eval"])
-        source = str(root)
-    train = _subset(train, d.train_examples, recipe.seed)
-    dev = _subset(dev, d.eval_examples, recipe.seed + 1)
-    info = {"source": source, "train_questions": len(train), "eval_questions": len(dev), "subset": "seeded random sample" if d.train_examples or d.eval_examples else "all"}
-    return Dataset.from_list(train), Dataset.from_list(dev), info
+        return list(ds["train"]), list(ds["validation"]), {"source": "hub:squad"}
+
+    def local(root: Path):
+        root = local_dir(root)
+        return read_squad_json(root / FILES["train"]), read_squad_json(root / FILES["eval"]), {"source": str(root)}
+
+    train, dev, info = rows_for(recipe, hub=hub, local=local, packaged=lambda: local(packaged_dir()))
+    d = recipe.data
+    info["subset"] = "seeded random sample" if d.train_examples or d.eval_examples else "all"
+    return sampled(recipe, train, dev, info, counts=("train_questions", "eval_questions"))
 
 
 def _pad_right(tokenizer) -> bool:
     return tokenizer.padding_side == "right"
 
 
+def windows(tokenizer, batch, data_cfg):
+    """Question + context tokenized into overlapping windows of `max_length` (stride
+    `doc_stride`) with offsets: the features of both training and evaluation."""
+    pad_right = _pad_right(tokenizer)
+    questions = [q.lstrip() for q in batch["question"]]
+    return tokenizer(
+        questions if pad_right else batch["context"],
+        batch["context"] if pad_right else questions,
+        truncation="only_second" if pad_right else "only_first",
+        max_length=data_cfg.max_length,
+        stride=data_cfg.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+
+
 def train_features(tokenizer, examples, data_cfg):
     pad_right = _pad_right(tokenizer)
 
     def prepare(batch):
-        questions = [q.lstrip() for q in batch["question"]]
-        enc = tokenizer(
-            questions if pad_right else batch["context"],
-            batch["context"] if pad_right else questions,
-            truncation="only_second" if pad_right else "only_first",
-            max_length=data_cfg.max_length,
-            stride=data_cfg.doc_stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-        )
+        enc = windows(tokenizer, batch, data_cfg)
         sample_map = enc.pop("overflow_to_sample_mapping")
         offsets_all = enc.pop("offset_mapping")
         enc["start_positions"], enc["end_positions"] = [], []
@@ -144,16 +138,7 @@ def eval_features(tokenizer, examples, data_cfg):
     pad_right = _pad_right(tokenizer)
 
     def prepare(batch):
-        questions = [q.lstrip() for q in batch["question"]]
-        enc = tokenizer(
-            questions if pad_right else batch["context"],
-            batch["context"] if pad_right else questions,
-            truncation="only_second" if pad_right else "only_first",
-            max_length=data_cfg.max_length,
-            stride=data_cfg.doc_stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-        )
+        enc = windows(tokenizer, batch, data_cfg)
         sample_map = enc.pop("overflow_to_sample_mapping")
         enc["example_id"] = []
         ctx = 1 if pad_right else 0
@@ -195,7 +180,7 @@ def postprocess(examples, features, start_logits: np.ndarray, end_logits: np.nda
 
 
 def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval"):
-    from ..training import forward_batches
+    from ..inference import forward_batches
 
     features = eval_features(tokenizer, examples, data_cfg)
     start, end = forward_batches(model, features.remove_columns(["example_id", "offset_mapping"]), tokenizer, batch_size, description, pad_to=data_cfg.max_length)
@@ -224,4 +209,5 @@ TASK = Task(
     train_features=train_features,
     evaluate=evaluate,
     sample_inputs=sample_inputs,
+    deepsparse_task="question_answering",
 )
