@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import OtherRankFailed, UserError
+from .errors import OtherRankFailed, OutOfStep, UserError
 
 _accelerator = None
 _local = 0  # > 0 inside `local()`: this process acts alone (no collectives)
@@ -86,10 +86,6 @@ def is_main() -> bool:
 def barrier() -> None:
     if active():
         accelerator().wait_for_everyone()
-
-
-class OutOfStep(RuntimeError):
-    """Two ranks met at different points of the run (a bug, never bad input)."""
 
 
 def _tag(what: str) -> int:

@@ -15,3 +15,10 @@ class OtherRankFailed(UserError):
     """Several processes: another rank failed; it printed the cause, this one stops too."""
 
     exit_code = 1
+
+
+class OutOfStep(UserError):
+    """Several processes met at different points of the run (a bug, not bad input): one line,
+    exit 1, instead of collectives paired across stages."""
+
+    exit_code = 1
