@@ -2,7 +2,8 @@
 by ORT's quantize_static (QDQ, weight MatMuls) four ways: per-channel vs per-tensor weights,
 uint8 vs int8 activations; each timed on DeepSparse (b1, seq 128) next to the fp32 sparse graph.
 
-    .venv/bin/python benchmarks/deepsparse_int8_layouts.py runs/rotten_tomatoes-obert-0.8 > benchmarks/results/deepsparse_int8_layouts.json
+    .venv/bin/python benchmarks/deepsparse_int8_layouts.py runs/rotten_tomatoes-obert-0.8 \
+        > benchmarks/results/deepsparse_int8_layouts.json
 """
 import sys, json, numpy as np
 from pathlib import Path
@@ -31,11 +32,22 @@ for per_channel in (True, False):
             def __init__(s): s.it = iter([task.encode(tok, samples[i:i+8], 8, 128) for i in range(0, 64, 8)])
             def get_next(s): return next(s.it, None)
         dst = f"/tmp/ds_{per_channel}_{act}.onnx"
-        quantize_static(str(src), dst, R(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=per_channel,
-                        weight_type=QuantType.QInt8, activation_type=getattr(QuantType, act), calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": act == "QInt8"})
+        quantize_static(
+            str(src),
+            dst,
+            R(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=nodes,
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            activation_type=getattr(QuantType, act),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": act == "QInt8"},
+        )
         try:
-            t, _ = ds.bench(dst, x, 2, 3, 20, 2.0); res[f"int8 per_channel={per_channel} act={act}"] = float(np.median(t))
+            t, _ = ds.bench(dst, x, 2, 3, 20, 2.0)
+            res[f"int8 per_channel={per_channel} act={act}"] = float(np.median(t))
         except Exception as e:
             res[f"int8 per_channel={per_channel} act={act}"] = f"fail {str(e)[:100]}"
         print(res, file=sys.stderr, flush=True)

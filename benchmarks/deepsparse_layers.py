@@ -65,7 +65,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in (float(x) for x in args.sparsities.split(",")):
             onnx_path, _ = build(args.shape, s, Path(tmp))
-            req = {"model": str(onnx_path), "batch": args.batch_size, "seq": args.seq_len, "threads": args.threads, "iters": args.iters, "n_inputs": 3}
+            req = {
+                "model": str(onnx_path),
+                "batch": args.batch_size,
+                "seq": args.seq_len,
+                "threads": args.threads,
+                "iters": args.iters,
+                "n_inputs": 3,
+            }
             res = subprocess.run([args.python, "-c", WORKER, json.dumps(req)], capture_output=True, text=True, cwd=tmp)
             if res.returncode != 0:
                 raise SystemExit(f"deepsparse analysis failed: {res.stderr[-2000:]}")
@@ -77,9 +84,18 @@ def main() -> None:
                 k = kind(x.get("canonical_name") or x["name"])
                 by_kind[k] = by_kind.get(k, 0.0) + float(x["average_run_time_in_ms"] or 0)
             weight_ms = by_kind.get("encoder Linear (pruned)", 0.0)
-            row = {"shape": args.shape, "sparsity": s, "batch": args.batch_size, "seq": args.seq_len, "layers": len(layers), "sum_layer_ms": round(total, 3),
-                   "reported_total_ms": data.get("total_ms"), "weight_layers_ms": round(weight_ms, 3), "other_ms": round(total - weight_ms, 3),
-                   "by_kind_ms": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda t: -t[1])}}
+            row = {
+                "shape": args.shape,
+                "sparsity": s,
+                "batch": args.batch_size,
+                "seq": args.seq_len,
+                "layers": len(layers),
+                "sum_layer_ms": round(total, 3),
+                "reported_total_ms": data.get("total_ms"),
+                "weight_layers_ms": round(weight_ms, 3),
+                "other_ms": round(total - weight_ms, 3),
+                "by_kind_ms": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda t: -t[1])},
+            }
             if args.dump_layer:
                 print(json.dumps(layers[:3], indent=1))
             print(json.dumps(row), flush=True)

@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default="benchmarks/results/int8_payoff")
-    ap.add_argument("--qat-epochs", type=float, default=0.0, help="> 0: also QAT (the quantize stage's own) then static QDQ")
+    ap.add_argument(
+        "--qat-epochs", type=float, default=0.0, help="> 0: also QAT (the quantize stage's own) then static QDQ"
+    )
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
     recipe = load_run_recipe(run_dir)
@@ -57,7 +59,12 @@ def main() -> None:
         names = [t["onnx_name"] for t in per_tensor.values() if "[" not in t["onnx_name"]]
         zeros = check_zeros_kept(export_dir / "model.onnx", int8, names)
         zeros_static = check_zeros_kept(export_dir / "model.onnx", qdq, names)
-        graphs = [("dense_fp32", export_dir / "dense.onnx"), ("sparse_fp32", export_dir / "model.onnx"), ("sparse_int8", int8), ("sparse_int8_static", qdq)]
+        graphs = [
+            ("dense_fp32", export_dir / "dense.onnx"),
+            ("sparse_fp32", export_dir / "model.onnx"),
+            ("sparse_int8", int8),
+            ("sparse_int8_static", qdq),
+        ]
         qat_info = None
         if args.qat_epochs > 0:
             from dataclasses import replace
@@ -67,16 +74,31 @@ def main() -> None:
             from prune2deploy.pruning.masks import load_masks
 
             r = replace(recipe, export=replace(recipe.export, quantize="int8-static", qat_epochs=args.qat_epochs))
-            teacher = load_model(read_json(run_dir / "teacher" / "stage.json")["result"]["model_dir"], task.auto_class, task.num_labels)
+            teacher = load_model(
+                read_json(run_dir / "teacher" / "stage.json")["result"]["model_dir"], task.auto_class, task.num_labels
+            )
             t0 = time.time()
-            qat_info, _ = qat.finetune(r, task, teacher.requires_grad_(False), run_dir / "prune" / "model", load_masks(run_dir / "prune" / "masks.safetensors"), Path(tmp))
+            qat_info, _ = qat.finetune(
+                r,
+                task,
+                teacher.requires_grad_(False),
+                run_dir / "prune" / "model",
+                load_masks(run_dir / "prune" / "masks.safetensors"),
+                Path(tmp),
+            )
             qat_info["seconds"] = round(time.time() - t0, 1)
             qat_q = Path(tmp) / "model.int8-static-qat.onnx"
             quantize_int8_static(Path(tmp) / "model.qat.onnx", qat_q, cal)
             graphs += [("sparse_qat_fp32", Path(tmp) / "model.qat.onnx"), ("sparse_int8_static_qat", qat_q)]
         metrics = {}
         for label, path in graphs:
-            m, _ = task.evaluate(OnnxAsModel(path, args.threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}")
+            m, _ = task.evaluate(
+                OnnxAsModel(path, args.threads, task.output_names),
+                tokenizer,
+                dev,
+                recipe.data,
+                description=f"eval {label}",
+            )
             metrics[label] = m
             print(label, json.dumps(m), flush=True)
         teacher_dir = read_json(run_dir / "teacher" / "stage.json")["result"]["model_dir"]
@@ -84,10 +106,20 @@ def main() -> None:
             "dense": {"onnx": export_dir / "dense.onnx", "hf": None, "ref": teacher_dir},
             "sparse": {"onnx": export_dir / "model.onnx", "hf": None, "ref": str(run_dir / "prune" / "model")},
             "sparse-int8": {"onnx": int8, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"},
-            "sparse-int8-static": {"onnx": qdq, "hf": None, "ref": str(run_dir / "prune" / "model"), "precision": "int8"},
+            "sparse-int8-static": {
+                "onnx": qdq,
+                "hf": None,
+                "ref": str(run_dir / "prune" / "model"),
+                "precision": "int8",
+            },
         }
         if qat_info:
-            models["sparse-int8-static-qat"] = {"onnx": Path(tmp) / "model.int8-static-qat.onnx", "hf": None, "ref": str(Path(tmp) / "qat_model"), "precision": "int8"}
+            models["sparse-int8-static-qat"] = {
+                "onnx": Path(tmp) / "model.int8-static-qat.onnx",
+                "hf": None,
+                "ref": str(Path(tmp) / "qat_model"),
+                "precision": "int8",
+            }
         samples = task.sample_inputs(dev, 64)
         cache: dict = {}
 
@@ -96,11 +128,34 @@ def main() -> None:
                 cache[(b, s)] = task.encode(tokenizer, samples, b, s)
             return cache[(b, s)]
 
-        cfg = BenchConfig(runtimes=tuple(args.runtimes.split(",")), batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seq_lens=(args.seq_len,), warmup=3, iters=20, min_time_s=3.0)
-        rows, _ = bench_models(models, inputs_for, cfg, args.threads, task.auto_class, lambda label, x: reference_outputs(models[label]["ref"], task.auto_class, x))
+        cfg = BenchConfig(
+            runtimes=tuple(args.runtimes.split(",")),
+            batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+            seq_lens=(args.seq_len,),
+            warmup=3,
+            iters=20,
+            min_time_s=3.0,
+        )
+        rows, _ = bench_models(
+            models,
+            inputs_for,
+            cfg,
+            args.threads,
+            task.auto_class,
+            lambda label, x: reference_outputs(models[label]["ref"], task.auto_class, x),
+        )
     print(markdown(rows))
-    result = {"run_dir": str(run_dir), "task": recipe.task, "threads": args.threads, "load": os.getloadavg(), "zeros": {k: v for k, v in zeros.items() if k != "tensors"}, "zeros_static": {k: v for k, v in zeros_static.items() if k != "tensors"},
-              "metrics": metrics, "qat": qat_info, "rows": rows}
+    result = {
+        "run_dir": str(run_dir),
+        "task": recipe.task,
+        "threads": args.threads,
+        "load": os.getloadavg(),
+        "zeros": {k: v for k, v in zeros.items() if k != "tensors"},
+        "zeros_static": {k: v for k, v in zeros_static.items() if k != "tensors"},
+        "metrics": metrics,
+        "qat": qat_info,
+        "rows": rows,
+    }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(markdown(rows))
 

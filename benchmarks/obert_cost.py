@@ -68,7 +68,15 @@ def main() -> None:
             pass
         grads_only_s = time.perf_counter() - t
 
-        ctx = {"obert": {"block_size": args.block, "num_grads": args.grads, "damp": 1e-7, "chunk_bytes": args.chunk_mb << 20}, "gradients": gradients}
+        ctx = {
+            "obert": {
+                "block_size": args.block,
+                "num_grads": args.grads,
+                "damp": 1e-7,
+                "chunk_bytes": args.chunk_mb << 20,
+            },
+            "gradients": gradients,
+        }
         t = time.perf_counter()
         obert.prune_step(mods, 0.7, "global", ctx)
         obert_s = time.perf_counter() - t
@@ -85,9 +93,20 @@ def main() -> None:
             opt.zero_grad()
             step_s = time.perf_counter() - t
         fisher_gb = (n_params + args.block * len(mods)) * args.block * 4 / 2**30
-        row = {"shape": shape, "prunable_params": n_params, "grads": args.grads, "grad_batch": args.grad_batch, "block": args.block, "seq": args.seq,
-               "gmp_step_s": round(gmp_s, 3), "obert_step_s": round(obert_s, 2), "of_which_gradients_s": round(grads_only_s, 2),
-               "train_step_s": round(step_s, 3), "fisher_inverse_gib": round(fisher_gb, 2), "peak_rss_mb": round(peak_rss_mb())}
+        row = {
+            "shape": shape,
+            "prunable_params": n_params,
+            "grads": args.grads,
+            "grad_batch": args.grad_batch,
+            "block": args.block,
+            "seq": args.seq,
+            "gmp_step_s": round(gmp_s, 3),
+            "obert_step_s": round(obert_s, 2),
+            "of_which_gradients_s": round(grads_only_s, 2),
+            "train_step_s": round(step_s, 3),
+            "fisher_inverse_gib": round(fisher_gb, 2),
+            "peak_rss_mb": round(peak_rss_mb()),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
         del model, mods, opt

@@ -31,32 +31,74 @@ from prune2deploy.machine import cpu_label  # noqa: E402
 
 # Rows: name -> (what it tests, overrides at default-profile scale). Times are in epochs.
 ROWS: dict[str, tuple[str, dict]] = {
-    "base": ("the default recipe before this study (first step to 0.7 at 0.13 ep, a step every 0.2 ep, target at 1.5 of 2 ep)",
-             {"prune.init_sparsity": 0.7, "prune.prune_start": 0.13, "prune.prune_end": 1.5, "prune.prune_freq": 0.2,
-              "prune.lr": 1.6e-4, "prune.lr_min": 1.6e-5}),
-    "gradual": ("small first step (0.3) at step 0, a step every 0.1 ep to the target at 1.5 ep",
-                {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 1.5, "prune.prune_freq": 0.1}),
+    "base": (
+        "the default recipe before this study (first step to 0.7 at 0.13 ep, a step every 0.2 ep, target at 1.5 of 2 ep)",  # noqa: E501 - one message/literal
+        {
+            "prune.init_sparsity": 0.7,
+            "prune.prune_start": 0.13,
+            "prune.prune_end": 1.5,
+            "prune.prune_freq": 0.2,
+            "prune.lr": 1.6e-4,
+            "prune.lr_min": 1.6e-5,
+        },
+    ),
+    "gradual": (
+        "small first step (0.3) at step 0, a step every 0.1 ep to the target at 1.5 ep",
+        {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 1.5, "prune.prune_freq": 0.1},
+    ),
     "layer": ("base, per-layer (uniform) instead of global ranking", {"prune.scope": "layer"}),
-    "gradual_layer": ("gradual + per-layer",
-                      {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 1.5, "prune.prune_freq": 0.1,
-                       "prune.scope": "layer"}),
+    "gradual_layer": (
+        "gradual + per-layer",
+        {
+            "prune.init_sparsity": 0.3,
+            "prune.prune_start": 0.0,
+            "prune.prune_end": 1.5,
+            "prune.prune_freq": 0.1,
+            "prune.scope": "layer",
+        },
+    ),
     "lr2x": ("base with twice the LR (3.2e-4 -> 3.2e-5)", {"prune.lr": 3.2e-4, "prune.lr_min": 3.2e-5}),
-    "fresh_data": ("base, but one pass over 10k questions (5k more than the teacher saw) instead of two over 5k",
-                   {"prune.train_examples": 10000, "prune.epochs": 1.0, "prune.prune_start": 0.065, "prune.prune_end": 0.75,
-                    "prune.prune_freq": 0.1}),
-    "gradual_fresh": ("gradual, one pass over 10k questions instead of two over the teacher's 5k (same steps)",
-                      {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 0.75, "prune.prune_freq": 0.05,
-                       "prune.train_examples": 10000, "prune.epochs": 1.0}),
-    "gradual_lr2x": ("gradual with twice the LR (3.2e-4 -> 3.2e-5)",
-                     {"prune.init_sparsity": 0.3, "prune.prune_start": 0.0, "prune.prune_end": 1.5, "prune.prune_freq": 0.1,
-                      "prune.lr": 3.2e-4, "prune.lr_min": 3.2e-5}),
+    "fresh_data": (
+        "base, but one pass over 10k questions (5k more than the teacher saw) instead of two over 5k",
+        {
+            "prune.train_examples": 10000,
+            "prune.epochs": 1.0,
+            "prune.prune_start": 0.065,
+            "prune.prune_end": 0.75,
+            "prune.prune_freq": 0.1,
+        },
+    ),
+    "gradual_fresh": (
+        "gradual, one pass over 10k questions instead of two over the teacher's 5k (same steps)",
+        {
+            "prune.init_sparsity": 0.3,
+            "prune.prune_start": 0.0,
+            "prune.prune_end": 0.75,
+            "prune.prune_freq": 0.05,
+            "prune.train_examples": 10000,
+            "prune.epochs": 1.0,
+        },
+    ),
+    "gradual_lr2x": (
+        "gradual with twice the LR (3.2e-4 -> 3.2e-5)",
+        {
+            "prune.init_sparsity": 0.3,
+            "prune.prune_start": 0.0,
+            "prune.prune_end": 1.5,
+            "prune.prune_freq": 0.1,
+            "prune.lr": 3.2e-4,
+            "prune.lr_min": 3.2e-5,
+        },
+    ),
     "t1": ("base, KD temperature 1", {"prune.kd_temperature": 1.0}),
     "obert": ("base schedule, oBERT", {"prune.method": "obert"}),
 }
 TIME_FIELDS = ("prune.epochs", "prune.prune_start", "prune.prune_end", "prune.prune_freq")
 
 
-def row_overrides(task: str, row: str, mode: str, scale: float, proxy_eval: int, teacher: str | None, sparsity: float) -> dict:
+def row_overrides(
+    task: str, row: str, mode: str, scale: float, proxy_eval: int, teacher: str | None, sparsity: float
+) -> dict:
     from prune2deploy.recipe import load_recipe
 
     over = {"prune.target_sparsity": sparsity, **ROWS[row][1]}
@@ -101,15 +143,19 @@ def summary(out: Path) -> str:
     by: dict[str, list] = {}
     for r in rows:
         by.setdefault(f"{r['row']}@{r['sparsity']:g}", []).append(r)
-    lines = ["| row | sparsity | what | metric | dense | sparse (per seed) | retained (mean) | prune steps | s/step | CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | sparsity | what | metric | dense | sparse (per seed) | retained (mean) | prune steps | s/step | CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, rs in sorted(by.items(), key=lambda kv: -statistics.mean(r["retained"] for r in kv[1])):
         m = rs[0]["metric"]
         sparse = " / ".join(f"{r['sparse'][m]:.2f}" for r in rs)
         dense = " / ".join(sorted({f"{r['dense'][m]:.2f}" for r in rs}))
         ret = statistics.mean(r["retained"] for r in rs)
-        lines.append(f"| {rs[0]['row']} | {rs[0]['sparsity']:g} | {rs[0]['what']} | {m} | {dense} | {sparse} | {100 * ret:.1f}% | "
-                     f"{rs[0]['prune_steps']} | {statistics.mean(r['s_per_step'] for r in rs):.2f} | {rs[0]['cpu']} |")
+        lines.append(
+            f"| {rs[0]['row']} | {rs[0]['sparsity']:g} | {rs[0]['what']} | {m} | {dense} | {sparse} | {100 * ret:.1f}% | "  # noqa: E501 - one message/literal
+            f"{rs[0]['prune_steps']} | {statistics.mean(r['s_per_step'] for r in rs):.2f} | {rs[0]['cpu']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +191,11 @@ def main() -> int:
                 continue
             result = run_row(args.task, row, seed, args)
             path.write_text(json.dumps(result, indent=1))
-            print(f"{row} s{seed}: {result['metric']} {result['sparse'][result['metric']]:.2f} / dense {result['dense'][result['metric']]:.2f} "
-                  f"= {100 * result['retained']:.1f}% ({result['prune_steps']} steps, {result['prune_seconds']:.0f} s)", flush=True)
+            print(
+                f"{row} s{seed}: {result['metric']} {result['sparse'][result['metric']]:.2f} / dense {result['dense'][result['metric']]:.2f} "  # noqa: E501 - one message/literal
+                f"= {100 * result['retained']:.1f}% ({result['prune_steps']} steps, {result['prune_seconds']:.0f} s)",
+                flush=True,
+            )
             (out / "summary.md").write_text(summary(out))
     return 0
 

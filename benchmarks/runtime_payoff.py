@@ -78,7 +78,11 @@ def main() -> None:
             def inputs_for(b, sl):
                 if (b, sl) not in cache:
                     ids = rng.integers(1000, 20000, (b, sl)).astype(np.int64)
-                    cache[(b, sl)] = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+                    cache[(b, sl)] = {
+                        "input_ids": ids,
+                        "attention_mask": np.ones_like(ids),
+                        "token_type_ids": np.zeros_like(ids),
+                    }
                 return cache[(b, sl)]
 
             from prune2deploy.runtimes import onnxruntime as ort_rt
@@ -86,8 +90,17 @@ def main() -> None:
             def reference(label, x):
                 return ort_rt.load(models[label]["onnx"], args.threads)(x)
 
-            cfg = BenchConfig(runtimes=tuple(args.runtimes.split(",")), batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seq_lens=(args.seq_len,), warmup=3, iters=args.iters, min_time_s=args.min_time)
-            rows, skipped = bench_models(models, inputs_for, cfg, args.threads, "AutoModelForSequenceClassification", reference)
+            cfg = BenchConfig(
+                runtimes=tuple(args.runtimes.split(",")),
+                batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                seq_lens=(args.seq_len,),
+                warmup=3,
+                iters=args.iters,
+                min_time_s=args.min_time,
+            )
+            rows, skipped = bench_models(
+                models, inputs_for, cfg, args.threads, "AutoModelForSequenceClassification", reference
+            )
             for r in rows:
                 r["shape"] = shape
             all_rows += rows

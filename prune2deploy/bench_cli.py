@@ -30,7 +30,9 @@ def bench_path(path: Path, dense, runtime, batch_sizes, seq_lens, threads, out, 
         from .run import load_run_recipe, run_stage
 
         recipe = load_run_recipe(path)
-        recipe = dataclasses.replace(recipe, bench=dataclasses.replace(recipe.bench, **over), threads=n_threads or recipe.threads)
+        recipe = dataclasses.replace(
+            recipe, bench=dataclasses.replace(recipe.bench, **over), threads=n_threads or recipe.threads
+        )
         rec = run_stage("bench", recipe, path, force=force)
         write_json_atomic(path / "report.json", build_report(recipe, path))
         print_bench(rec["result"]["rows"])

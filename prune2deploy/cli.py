@@ -11,7 +11,12 @@ import typer
 
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Prune a BERT-family model for a task; ship a verified, benchmarked ONNX.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Prune a BERT-family model for a task; ship a verified, benchmarked ONNX.",
+)
 STATE = {"debug": False}
 
 
@@ -30,7 +35,11 @@ def _guard(fn: Callable[[], object]) -> None:
         import errno
 
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        hint = "; free some space or point --out at another disk (nothing half-written was kept)" if e.errno == errno.ENOSPC else ""
+        hint = (
+            "; free some space or point --out at another disk (nothing half-written was kept)"
+            if e.errno == errno.ENOSPC
+            else ""
+        )
         print(f"p2d: error: {e.strerror or e}{where}{hint}", file=sys.stderr)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
@@ -70,20 +79,42 @@ def run(
     sparsity: Optional[str] = typer.Option(None, "--sparsity", "-s", help="Target encoder sparsity in [0, 1)."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Pruning method (see `p2d methods`)."),
     profile: str = typer.Option("default", "--profile", "-p", help="smoke | default | paper"),
-    model: Optional[str] = typer.Option(None, "--model", help="Local HF model dir or hub id (default: embedded all-MiniLM-L6-v2)."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="A fine-tuned dense model dir to use as teacher (skips training)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data files, or 'hub' to load from the Hugging Face hub."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Local HF model dir or hub id (default: embedded all-MiniLM-L6-v2)."
+    ),
+    teacher: Optional[str] = typer.Option(
+        None, "--teacher", help="A fine-tuned dense model dir to use as teacher (skips training)."
+    ),
+    data_dir: Optional[str] = typer.Option(
+        None, "--data-dir", help="Local data files, or 'hub' to load from the Hugging Face hub."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run dir (default runs/<task>-<method>-<sparsity>)."),
     seed: Optional[str] = typer.Option(None, "--seed"),
     threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for training and bench (0: all)."),
-    recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="A pipeline YAML other than pipelines/<task>.yaml."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Bench runtimes, comma-separated, or 'auto' (see `p2d runtimes`)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="'int8' (dynamic) or 'int8-static' (QDQ, calibrated): also a sparse INT8 graph (zeros kept, accuracy re-measured)."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="'2:4' (N:M semi-structured, with --sparsity 0.5) or 'unstructured'."),
+    recipe_file: Optional[Path] = typer.Option(
+        None, "--recipe", help="A pipeline YAML other than pipelines/<task>.yaml."
+    ),
+    runtime: Optional[str] = typer.Option(
+        None, "--runtime", "-r", help="Bench runtimes, comma-separated, or 'auto' (see `p2d runtimes`)."
+    ),
+    quantize: Optional[str] = typer.Option(
+        None,
+        "--quantize",
+        help="'int8' (dynamic) or 'int8-static' (QDQ, calibrated): also a sparse INT8 graph (zeros kept, accuracy re-measured).",  # noqa: E501 - one message/literal
+    ),
+    pattern: Optional[str] = typer.Option(
+        None, "--pattern", help="'2:4' (N:M semi-structured, with --sparsity 0.5) or 'unstructured'."
+    ),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field: --set prune.lr=1e-4"),
     force: bool = typer.Option(False, "--force", help="Reuse a run dir made for another config."),
-    launcher: str = typer.Option("none", "--launcher", help="'accelerate': teacher and prune data-parallel under HF Accelerate (DDP; gloo on CPU)."),
-    processes: int = typer.Option(0, "--processes", help="With --launcher accelerate: processes (0: one per GPU, or 2 without one)."),
+    launcher: str = typer.Option(
+        "none",
+        "--launcher",
+        help="'accelerate': teacher and prune data-parallel under HF Accelerate (DDP; gloo on CPU).",
+    ),
+    processes: int = typer.Option(
+        0, "--processes", help="With --launcher accelerate: processes (0: one per GPU, or 2 without one)."
+    ),
 ) -> None:
     """Run the whole pipeline: teacher → prune → validate → export → bench."""
     if launcher != "none":
@@ -101,7 +132,21 @@ def run(
         from .recipe import load_recipe
         from .run import default_run_dir, run_pipeline
 
-        overrides = _overrides(sets, **{"prune.target_sparsity": sparsity, "prune.method": method, "model": model, "teacher.path": teacher, "data.data_dir": data_dir, "seed": seed, "threads": threads, "bench.runtimes": runtime, "export.quantize": quantize, "prune.pattern": pattern})
+        overrides = _overrides(
+            sets,
+            **{
+                "prune.target_sparsity": sparsity,
+                "prune.method": method,
+                "model": model,
+                "teacher.path": teacher,
+                "data.data_dir": data_dir,
+                "seed": seed,
+                "threads": threads,
+                "bench.runtimes": runtime,
+                "export.quantize": quantize,
+                "prune.pattern": pattern,
+            },
+        )
         recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)
         run_pipeline(recipe, out or default_run_dir(recipe), force=force)
 
@@ -109,7 +154,10 @@ def run(
 
 
 def _stage_command(stage: str):
-    def cmd(run_dir: Path = typer.Argument(..., help="A run dir made by `p2d run`."), force: bool = typer.Option(False, "--force", help="Redo the stage even if up to date.")) -> None:
+    def cmd(
+        run_dir: Path = typer.Argument(..., help="A run dir made by `p2d run`."),
+        force: bool = typer.Option(False, "--force", help="Redo the stage even if up to date."),
+    ) -> None:
         def go():
             from .report import build_report
             from .files import write_json_atomic
@@ -135,11 +183,15 @@ for _stage in (s for s in STAGES if s != "bench"):  # bench has its own command 
 def bench(
     path: Path = typer.Argument(..., help="A run dir, or any ONNX file."),
     dense: Optional[Path] = typer.Option(None, "--dense", help="With an ONNX file: the dense model to compare with."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Comma-separated runtimes, or 'auto' (see `p2d runtimes`)."),
+    runtime: Optional[str] = typer.Option(
+        None, "--runtime", "-r", help="Comma-separated runtimes, or 'auto' (see `p2d runtimes`)."
+    ),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="e.g. 1,16"),
     seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="e.g. 128,384"),
     threads: Optional[str] = typer.Option(None, "--threads"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With an ONNX file: where to write bench.json/.md/.png."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="With an ONNX file: where to write bench.json/.md/.png."
+    ),
     force: bool = typer.Option(False, "--force", help="Redo the stage even if up to date."),
 ) -> None:
     """Benchmark dense vs sparse: the bench stage of a run dir, or any ONNX file."""
@@ -168,8 +220,12 @@ def gate(
     baseline: Path = typer.Option(..., "--baseline", "-b", help="gates.yaml: bounds per task/model/sparsity."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the checks as JSON here."),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="Write this run's values (loosened by --margin) into the baseline."),
-    margin: float = typer.Option(0.1, "--margin", help="Fraction by which --update-baseline loosens the current values."),
+    update_baseline: bool = typer.Option(
+        False, "--update-baseline", help="Write this run's values (loosened by --margin) into the baseline."
+    ),
+    margin: float = typer.Option(
+        0.1, "--margin", help="Fraction by which --update-baseline loosens the current values."
+    ),
 ) -> None:
     """CI gate: exit 0 when every check passes, 1 when one fails, 2 on bad input."""
     failed = {"n": 0}
@@ -227,11 +283,15 @@ def sweep(
     sparsity: str = typer.Option("0.5,0.7,0.8,0.9,0.95", "--sparsity", "-s", help="Comma-separated target sparsities."),
     method: str = typer.Option("gmp", "--method", "-m", help="Comma-separated methods (see `p2d methods`)."),
     profile: str = typer.Option("default", "--profile", "-p", help="smoke | default | paper"),
-    root: Path = typer.Option(Path("runs"), "--root", help="Where the point run dirs go (<root>/<task>-<method>-<sparsity>)."),
+    root: Path = typer.Option(
+        Path("runs"), "--root", help="Where the point run dirs go (<root>/<task>-<method>-<sparsity>)."
+    ),
     model: Optional[str] = typer.Option(None, "--model"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r"),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="'int8' or 'int8-static': also a sparse INT8 graph per point."),
+    quantize: Optional[str] = typer.Option(
+        None, "--quantize", help="'int8' or 'int8-static': also a sparse INT8 graph per point."
+    ),
     recipe_file: Optional[Path] = typer.Option(None, "--recipe"),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field for every point."),
     force: bool = typer.Option(False, "--force", help="Reuse run dirs made for another config."),
@@ -242,8 +302,12 @@ def sweep(
     def go():
         from .sweep import parse_list, plan_points, run_sweep
 
-        overrides = _overrides(sets, **{"model": model, "data.data_dir": data_dir, "bench.runtimes": runtime, "export.quantize": quantize})
-        points = plan_points(task, profile, parse_list(sparsity, "sparsity", float), parse_list(method, "method"), overrides, recipe_file)
+        overrides = _overrides(
+            sets, **{"model": model, "data.data_dir": data_dir, "bench.runtimes": runtime, "export.quantize": quantize}
+        )
+        points = plan_points(
+            task, profile, parse_list(sparsity, "sparsity", float), parse_list(method, "method"), overrides, recipe_file
+        )
         summary = run_sweep(points, root, force=force)
         bad["n"] = sum(p["status"] != "done" for p in summary["points"])
         print(f"sweep summary: {summary['path']}")

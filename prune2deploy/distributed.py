@@ -56,8 +56,13 @@ def accelerator():
         # masks are buffers, identical on every rank (broadcast after each pruning event):
         # no per-forward buffer broadcast. Long rank-0-only stages (export, bench) need a
         # generous timeout for the others' wait.
-        _accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
-            DistributedDataParallelKwargs(broadcast_buffers=False), InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+        _accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(broadcast_buffers=False),
+                InitProcessGroupKwargs(timeout=timedelta(hours=12)),
+            ],
+        )
         atexit.register(_shutdown)
     return _accelerator
 
@@ -154,7 +159,9 @@ def shard(indices: list[int]) -> list[int]:
 
 def check_batch(batch_size: int, what: str) -> None:
     if active() and batch_size % world_size():
-        raise UserError(f"{what} {batch_size} is not divisible by the {world_size()} processes: every rank must take an equal share of the global batch")
+        raise UserError(
+            f"{what} {batch_size} is not divisible by the {world_size()} processes: every rank must take an equal share of the global batch"  # noqa: E501 - one message/literal
+        )
 
 
 def wrap(model):
@@ -230,7 +237,18 @@ def relaunch(argv: list[str], launcher: str, processes: int) -> int:
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if launcher is None:
         raise UserError("--launcher accelerate needs HF Accelerate: pip install accelerate")
-    cmd = [launcher, "launch", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [
+        launcher,
+        "launch",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if processes > 1:
         cmd.append("--multi_gpu")  # accelerate's torchrun launcher; without a GPU each process is a CPU (gloo) rank
     cmd += ["-m", "prune2deploy.cli", *argv]

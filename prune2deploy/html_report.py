@@ -37,8 +37,16 @@ def load_runs(run_dirs: list[Path]) -> list[dict]:
 
 def _point(r: dict) -> dict:
     m = r.get("metric")
-    return {"task": r["task"], "method": r["method"], "target": r["target_sparsity"], "sparsity": (r.get("sparsity") or {}).get("encoder"),
-            "metric": m, "dense": (r["metrics"]["dense"] or {}).get(m), "sparse": (r["metrics"]["sparse"] or {}).get(m), "run_dir": r["run_dir"]}
+    return {
+        "task": r["task"],
+        "method": r["method"],
+        "target": r["target_sparsity"],
+        "sparsity": (r.get("sparsity") or {}).get("encoder"),
+        "metric": m,
+        "dense": (r["metrics"]["dense"] or {}).get(m),
+        "sparse": (r["metrics"]["sparse"] or {}).get(m),
+        "run_dir": r["run_dir"],
+    }
 
 
 def points(runs: list[dict]) -> list[dict]:
@@ -59,8 +67,16 @@ def latency_rows(runs: list[dict]) -> list[dict]:
             if b["model"].endswith("-int8"):  # the INT8 graph's own accuracy, measured by the quantize stage
                 key = b["model"].replace("-", "_")
                 value = (((r.get("quantize") or {}).get("metrics") or {}).get(key) or {}).get(p["metric"])
-            out.append({**b, "task": p["task"], "method": p["method"], "sparsity": 0.0 if dense else (p["sparsity"] or p["target"]),
-                        "metric_value": value, "metric": p["metric"]})
+            out.append(
+                {
+                    **b,
+                    "task": p["task"],
+                    "method": p["method"],
+                    "sparsity": 0.0 if dense else (p["sparsity"] or p["target"]),
+                    "metric_value": value,
+                    "metric": p["metric"],
+                }
+            )
     return out
 
 
@@ -141,11 +157,23 @@ def chart_pareto(rows: list[dict], path: Path) -> list[tuple[float, float]]:
     shape = _pick_shape(rows)
     sel = [r for r in rows if shape and (r["batch_size"], r["seq_len"]) == shape and r["metric_value"] is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, rs, marker in (("dense", [r for r in sel if r["model"].startswith("dense")], "s"), ("sparse", [r for r in sel if not r["model"].startswith("dense")], "o")):
+    for label, rs, marker in (
+        ("dense", [r for r in sel if r["model"].startswith("dense")], "s"),
+        ("sparse", [r for r in sel if not r["model"].startswith("dense")], "o"),
+    ):
         ax.scatter([r["p50_ms"] for r in rs], [r["metric_value"] for r in rs], marker=marker, label=label, alpha=0.7)
     front = pareto([(r["p50_ms"], r["metric_value"]) for r in sel])
     if front:
-        ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, marker="o", ms=11, mfc="none", label="Pareto front")
+        ax.plot(
+            [x for x, _ in front],
+            [y for _, y in front],
+            "k--",
+            lw=1,
+            marker="o",
+            ms=11,
+            mfc="none",
+            label="Pareto front",
+        )
     ax.set_xlabel(f"p50 ms (batch {shape[0]}, seq {shape[1]})" if shape else "p50 ms")
     ax.set_ylabel(sel[0]["metric"] if sel else "metric")
     ax.set_title("accuracy vs latency (every runtime, every run)")
@@ -166,8 +194,10 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%;display:block;margin:1em 0}}</style>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}
+table{{border-collapse:collapse;margin:1em 0;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}
+img{{max-width:100%;display:block;margin:1em 0}}</style>
 </head><body>
 <h1>{title}</h1>
 <p>{n} run(s). Charts are also saved as PNGs beside this page.</p>
@@ -208,15 +238,69 @@ def write_report(run_dirs: list[Path], out: Path) -> dict:
             front = res
         files.append(str(png))
         b64 = base64.b64encode(png.read_bytes()).decode()
-        figures.append(f'<h2>{html.escape(title)}</h2>\n<img class="chart" id="{name}" alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
-    runs_table = _table(["task", "method", "target", "encoder sparsity", "metric", "dense", "sparse", "retained", "run dir"],
-                        [[p["task"], p["method"], p["target"], p["sparsity"], p["metric"], p["dense"], p["sparse"],
-                          (p["sparse"] / p["dense"]) if p["dense"] and p["sparse"] is not None else None, p["run_dir"]] for p in pts])
-    bench_table = _table(["task", "method", "sparsity", "runtime", "precision", "model", "batch", "seq", "p50 ms", "p90 ms", "items/s", "vs dense same rt", "vs best dense"],
-                         [[r["task"], r["method"], r["sparsity"], r["runtime"], r.get("precision"), r["model"], r["batch_size"], r["seq_len"], r["p50_ms"], r.get("p90_ms"),
-                           r.get("throughput"), r.get("speedup_vs_dense_same_runtime"), r.get("speedup_vs_best_dense")] for r in rows])
+        figures.append(
+            f'<h2>{html.escape(title)}</h2>\n<img class="chart" id="{name}" alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'  # noqa: E501 - one message/literal
+        )
+    runs_table = _table(
+        ["task", "method", "target", "encoder sparsity", "metric", "dense", "sparse", "retained", "run dir"],
+        [
+            [
+                p["task"],
+                p["method"],
+                p["target"],
+                p["sparsity"],
+                p["metric"],
+                p["dense"],
+                p["sparse"],
+                (p["sparse"] / p["dense"]) if p["dense"] and p["sparse"] is not None else None,
+                p["run_dir"],
+            ]
+            for p in pts
+        ],
+    )
+    bench_table = _table(
+        [
+            "task",
+            "method",
+            "sparsity",
+            "runtime",
+            "precision",
+            "model",
+            "batch",
+            "seq",
+            "p50 ms",
+            "p90 ms",
+            "items/s",
+            "vs dense same rt",
+            "vs best dense",
+        ],
+        [
+            [
+                r["task"],
+                r["method"],
+                r["sparsity"],
+                r["runtime"],
+                r.get("precision"),
+                r["model"],
+                r["batch_size"],
+                r["seq_len"],
+                r["p50_ms"],
+                r.get("p90_ms"),
+                r.get("throughput"),
+                r.get("speedup_vs_dense_same_runtime"),
+                r.get("speedup_vs_best_dense"),
+            ]
+            for r in rows
+        ],
+    )
     title = "prune2deploy report: " + ", ".join(sorted({p["task"] for p in pts}))
-    page = PAGE.format(title=html.escape(title), n=len(runs), figures="\n".join(figures), runs_table=runs_table, bench_table=bench_table)
+    page = PAGE.format(
+        title=html.escape(title),
+        n=len(runs),
+        figures="\n".join(figures),
+        runs_table=runs_table,
+        bench_table=bench_table,
+    )
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page)
     tmp.replace(out)

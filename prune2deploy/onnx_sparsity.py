@@ -84,14 +84,20 @@ def verify(onnx_path: str | Path, weights: dict[str, np.ndarray], masks: dict[st
         if found is not None:
             used.add(found)
         if view is None:
-            checks.append(TensorCheck(tname, None, w.size, mask_zeros, -1, False, "no ONNX initializer matches this weight"))
+            checks.append(
+                TensorCheck(tname, None, w.size, mask_zeros, -1, False, "no ONNX initializer matches this weight")
+            )
             continue
         onnx_zero = view == 0
         onnx_zeros = int(onnx_zero.sum())
         masked_nonzero = int((~mask & ~onnx_zero).sum())
         pattern_ok = bool(np.array_equal(onnx_zero, w == 0))
         ok = masked_nonzero == 0 and pattern_ok
-        detail = "" if ok else f"{masked_nonzero} masked weights are non-zero in ONNX; zeros {onnx_zeros} vs torch {int((w == 0).sum())}"
+        detail = (
+            ""
+            if ok
+            else f"{masked_nonzero} masked weights are non-zero in ONNX; zeros {onnx_zeros} vs torch {int((w == 0).sum())}"  # noqa: E501 - one message/literal
+        )
         checks.append(TensorCheck(tname, found, w.size, mask_zeros, onnx_zeros, ok, detail))
     total = sum(c.numel for c in checks)
     onnx_zeros = sum(max(c.onnx_zeros, 0) for c in checks)
@@ -125,4 +131,8 @@ def require_ok(report: dict, what: str) -> None:
 
 
 def zeros_per_initializer(path: str | Path, min_numel: int = 1024) -> dict[str, float]:
-    return {n: float((a == 0).mean()) for n, a in load_initializers(path).items() if a.size >= min_numel and a.dtype.kind == "f"}
+    return {
+        n: float((a == 0).mean())
+        for n, a in load_initializers(path).items()
+        if a.size >= min_numel and a.dtype.kind == "f"
+    }

@@ -36,7 +36,14 @@ class Bar:
         self.started = time.time()
         self.plain = not self.quiet and not console.is_terminal
         if not self.quiet and not self.plain:
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+            columns = [
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            ]
             self.progress = Progress(*columns, console=console)
             self.task = self.progress.add_task(description, total=total, info="")
 
@@ -58,7 +65,10 @@ class Bar:
             while self.done / self.total >= self.next_mark - 1e-9:
                 self.next_mark += 0.1
             elapsed = time.time() - self.started
-            console.print(f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}) {elapsed:.0f}s {info or ''}", highlight=False)
+            console.print(
+                f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}) {elapsed:.0f}s {info or ''}",  # noqa: E501 - one message/literal
+                highlight=False,
+            )
 
 
 def _quiet() -> bool:

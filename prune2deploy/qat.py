@@ -82,8 +82,16 @@ def finetune(recipe, task, teacher, sparse_dir, masks: dict, out: Path) -> tuple
     train, _, _ = task.load(recipe)
     features = task.train_features(tokenizer, train, recipe.data)
     total = max(1, round(e.qat_epochs * max(1, len(features) // p.batch_size)))
-    cfg = FitConfig(total_steps=total, batch_size=p.batch_size, lr_at=lambda step: e.qat_lr * (1 - step / total), precision=recipe.precision,
-                    seed=recipe.seed + 7, kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, description="QAT (fake INT8)")
+    cfg = FitConfig(
+        total_steps=total,
+        batch_size=p.batch_size,
+        lr_at=lambda step: e.qat_lr * (1 - step / total),
+        precision=recipe.precision,
+        seed=recipe.seed + 7,
+        kd_temperature=p.kd_temperature,
+        kd_hardness=p.kd_hardness,
+        description="QAT (fake INT8)",
+    )
     attach(modules)
     try:
         log_ = fit(student, features, tokenizer, cfg, teacher=teacher if p.kd_hardness > 0 else None, modules=modules)
@@ -93,6 +101,12 @@ def finetune(recipe, task, teacher, sparse_dir, masks: dict, out: Path) -> tuple
     tokenizer.save_pretrained(out / "qat_model")
     export_onnx(out / "qat_model", task, e.opset, out / "model.qat.onnx")
     report = verify_against_masks(student, masks, out / "model.qat.onnx")
-    info = {"epochs": e.qat_epochs, "steps": total, "lr": e.qat_lr, "final_loss": log_["losses"][-1]["loss"] if log_["losses"] else None,
-            "encoder_sparsity": report["encoder_sparsity"], "model_dir": "quantize/qat_model"}
+    info = {
+        "epochs": e.qat_epochs,
+        "steps": total,
+        "lr": e.qat_lr,
+        "final_loss": log_["losses"][-1]["loss"] if log_["losses"] else None,
+        "encoder_sparsity": report["encoder_sparsity"],
+        "model_dir": "quantize/qat_model",
+    }
     return info, [t["onnx_name"] for t in report["tensors"] if "[" not in t["onnx_name"]]

@@ -50,7 +50,9 @@ class PruneConfig:
     init_from: str = "teacher"  # "teacher": prune the fine-tuned dense model; "pretrained": the base model
     target_sparsity: float = 0.8
     scope: str = "global"  # "global" ranking across layers, or "layer" (uniform per layer)
-    pattern: str = "unstructured"  # or N:M semi-structured (2:4 for GPU sparse tensor cores): target_sparsity must be 1 - N/M
+    pattern: str = (
+        "unstructured"  # or N:M semi-structured (2:4 for GPU sparse tensor cores): target_sparsity must be 1 - N/M
+    )
     include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
     include_head: bool = False
     # Schedule, in epochs at `reference_sparsity`; every time below scales with the target
@@ -82,7 +84,7 @@ class ExportConfig:
     opset: int = 14  # DeepSparse runs the whole graph only at opset 14
     atol: float = 1e-3  # max |onnx - torch| on logits
     parity_examples: int = 8
-    quantize: str = "none"  # none | int8 (ORT dynamic) | int8-static (QDQ, calibrated); per-channel symmetric INT8 weights: zeros stay zero
+    quantize: str = "none"  # none | int8 (ORT dynamic) | int8-static (QDQ, calibrated); per-channel symmetric INT8 weights: zeros stay zero  # noqa: E501 - one message/literal
     qat_epochs: float = 0.0  # > 0 (with int8-static): quantization-aware KD fine-tuning of the sparse model first
     qat_lr: float = 1e-5
 
@@ -344,13 +346,17 @@ def validate(r: Recipe) -> None:
     except ValueError as e:
         raise UserError(f"--pattern: {e}") from None
     if nm and abs(r.prune.target_sparsity - (1 - nm[0] / nm[1])) > 1e-9:
-        raise UserError(f"--pattern {r.prune.pattern} means {1 - nm[0] / nm[1]:g} sparsity: pass --sparsity {1 - nm[0] / nm[1]:g}")
+        raise UserError(
+            f"--pattern {r.prune.pattern} means {1 - nm[0] / nm[1]:g} sparsity: pass --sparsity {1 - nm[0] / nm[1]:g}"
+        )
     if r.export.qat_epochs < 0 or r.export.qat_lr <= 0:
         raise UserError("export.qat_epochs must be >= 0 and export.qat_lr > 0")
     if r.export.qat_epochs > 0 and r.export.quantize != "int8-static":
         raise UserError("export.qat_epochs needs --quantize int8-static (QAT learns the static QDQ graph's rounding)")
     if r.export.quantize not in ("none", "int8", "int8-static"):
-        raise UserError(f"--quantize must be 'none', 'int8' (dynamic) or 'int8-static' (QDQ, calibrated), got '{r.export.quantize}'")
+        raise UserError(
+            f"--quantize must be 'none', 'int8' (dynamic) or 'int8-static' (QDQ, calibrated), got '{r.export.quantize}'"
+        )
 
     check_ranges(r)
     task = get_task(r.task)

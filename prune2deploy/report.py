@@ -28,7 +28,11 @@ def build_report(recipe, run_dir: Path) -> dict:
         "metrics": {"dense": validate.get("dense", {}), "sparse": validate.get("sparse", {})},
         "retained": validate.get("retained"),
         "data": {"train": prune.get("data") or teacher.get("data"), "eval": validate.get("data")},
-        "sparsity": {"encoder": prune.get("sparsity", {}).get("encoder"), "scope": prune.get("scope"), "per_layer": prune.get("sparsity", {}).get("per_layer", {})},
+        "sparsity": {
+            "encoder": prune.get("sparsity", {}).get("encoder"),
+            "scope": prune.get("scope"),
+            "per_layer": prune.get("sparsity", {}).get("per_layer", {}),
+        },
         "schedule": {k: prune.get(k) for k in ("epochs", "epoch_scale", "total_steps", "prune_steps")},
         "onnx": {k: export.get(k) for k in ("path", "dense_path", "opset", "encoder_sparsity", "max_abs_diff", "atol")},
         "quantize": quantize if quantize.get("quantize", "none") != "none" else None,
@@ -36,14 +40,24 @@ def build_report(recipe, run_dir: Path) -> dict:
         "bench_threads": bench.get("threads"),
         "bench_load": bench.get("load"),
         "bench_cpu": bench.get("cpu"),
-        "teacher": {"model_dir": teacher.get("model_dir"), "cached": teacher.get("cached"), "trained": teacher.get("trained")},
-        "seconds": {s: read_json(run_dir / s / "stage.json").get("seconds") for s in STAGE_NAMES if (run_dir / s / "stage.json").is_file()},
+        "teacher": {
+            "model_dir": teacher.get("model_dir"),
+            "cached": teacher.get("cached"),
+            "trained": teacher.get("trained"),
+        },
+        "seconds": {
+            s: read_json(run_dir / s / "stage.json").get("seconds")
+            for s in STAGE_NAMES
+            if (run_dir / s / "stage.json").is_file()
+        },
     }
 
 
 def summary_table(report: dict) -> Table:
     metric = report.get("metric") or "metric"
-    t = Table(title=f"{report['task']} · {report['method']} · target {report['target_sparsity']:g} · {report['profile']}")
+    t = Table(
+        title=f"{report['task']} · {report['method']} · target {report['target_sparsity']:g} · {report['profile']}"
+    )
     t.add_column("")
     t.add_column("dense", justify="right")
     t.add_column("sparse", justify="right")
@@ -53,7 +67,12 @@ def summary_table(report: dict) -> Table:
     if d is not None and s is not None:
         t.add_row(metric, f"{d:.2f}", f"{s:.2f}", f"{s / d:.1%}" if d else "-")
     if "exact_match" in report["metrics"]["dense"]:
-        t.add_row("exact_match", f"{report['metrics']['dense']['exact_match']:.2f}", f"{report['metrics']['sparse']['exact_match']:.2f}", "")
+        t.add_row(
+            "exact_match",
+            f"{report['metrics']['dense']['exact_match']:.2f}",
+            f"{report['metrics']['sparse']['exact_match']:.2f}",
+            "",
+        )
     q = report.get("quantize") or {}
     qm = (q.get("metrics") or {}).get("sparse_int8", {}).get(metric)
     if qm is not None and d:
@@ -64,30 +83,85 @@ def summary_table(report: dict) -> Table:
     enc = report["sparsity"].get("encoder")
     onnx_s = report["onnx"].get("encoder_sparsity")
     if enc is not None:
-        t.add_row("encoder sparsity (torch / onnx)", "0", f"{enc:.4f} / {onnx_s:.4f}" if onnx_s is not None else f"{enc:.4f}", "")
+        t.add_row(
+            "encoder sparsity (torch / onnx)",
+            "0",
+            f"{enc:.4f} / {onnx_s:.4f}" if onnx_s is not None else f"{enc:.4f}",
+            "",
+        )
     rows = [r for r in report.get("bench") or [] if "p50_ms" in r]
     for r in rows:
         if r["model"].startswith("dense"):
             continue
-        dense = next((x for x in rows if x["model"] == "dense" and x["runtime"] == r["runtime"] and x["batch_size"] == r["batch_size"] and x["seq_len"] == r["seq_len"]), None)
+        dense = next(
+            (
+                x
+                for x in rows
+                if x["model"] == "dense"
+                and x["runtime"] == r["runtime"]
+                and x["batch_size"] == r["batch_size"]
+                and x["seq_len"] == r["seq_len"]
+            ),
+            None,
+        )
         if dense:
             sp = r.get("speedup_vs_best_dense")
             best = (f" (vs best dense, {r['best_dense']}: {sp:.2f}x{', SLOWER' if sp < 1 else ''})") if sp else ""
-            t.add_row(f"p50 ms {r['runtime']} {r['model']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}", f"{dense['p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}")
+            t.add_row(
+                f"p50 ms {r['runtime']} {r['model']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}",
+                f"{dense['p50_ms']:.2f}",
+                f"{r['p50_ms']:.2f}",
+                f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}",
+            )
     return t
 
 
 def print_bench(rows: list[dict]) -> None:
     t = Table(title="bench (p50 ms; speedups of sparse rows)")
-    for col in ("runtime", "precision", "model", "batch", "seq", "p50 ms", "p90 ms", "items/s", "vs dense same rt", "vs dense ORT", "vs best dense"):
+    for col in (
+        "runtime",
+        "precision",
+        "model",
+        "batch",
+        "seq",
+        "p50 ms",
+        "p90 ms",
+        "items/s",
+        "vs dense same rt",
+        "vs dense ORT",
+        "vs best dense",
+    ):
         t.add_column(col)
     f = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
     for r in rows:
         if "p50_ms" not in r:
-            t.add_row(r["runtime"], r["precision"], r["model"], str(r["batch_size"]), str(r["seq_len"]), f"[red]{r['error'][:60]}[/red]", "", "", "", "", "")
+            t.add_row(
+                r["runtime"],
+                r["precision"],
+                r["model"],
+                str(r["batch_size"]),
+                str(r["seq_len"]),
+                f"[red]{r['error'][:60]}[/red]",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
             continue
-        t.add_row(r["runtime"], r["precision"], r["model"], str(r["batch_size"]), str(r["seq_len"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['throughput']:.1f}",
-                  f(r.get("speedup_vs_dense_same_runtime")), f(r.get("speedup_vs_dense_onnxruntime")), f(r.get("speedup_vs_best_dense")))
+        t.add_row(
+            r["runtime"],
+            r["precision"],
+            r["model"],
+            str(r["batch_size"]),
+            str(r["seq_len"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p90_ms']:.2f}",
+            f"{r['throughput']:.1f}",
+            f(r.get("speedup_vs_dense_same_runtime")),
+            f(r.get("speedup_vs_dense_onnxruntime")),
+            f(r.get("speedup_vs_best_dense")),
+        )
     Console().print(t)
 
 

@@ -55,7 +55,14 @@ def versions() -> dict[str, str]:
 
 def stage_key(stage: str, recipe: Recipe, upstream: dict[str, dict]) -> str:
     d = recipe.to_dict()
-    return sha256_json({"stage": stage, "reads": {k: d[k] for k in reads(stage)}, "upstream": {k: v["output_hash"] for k, v in upstream.items()}, "p2d": __version__})
+    return sha256_json(
+        {
+            "stage": stage,
+            "reads": {k: d[k] for k in reads(stage)},
+            "upstream": {k: v["output_hash"] for k, v in upstream.items()},
+            "p2d": __version__,
+        }
+    )
 
 
 def read_record(run_dir: Path, stage: str) -> dict | None:
@@ -101,7 +108,9 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, force: bool = False) -> None:
         new = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, as read back
         if old != new:
             diff = sorted(k for k in new if not isinstance(old, dict) or old.get(k) != new[k])
-            raise UserError(f"run dir {run_dir} holds a run of another config (differs in: {', '.join(diff) or 'format'}); use --out for a new dir or --force")
+            raise UserError(
+                f"run dir {run_dir} holds a run of another config (differs in: {', '.join(diff) or 'format'}); use --out for a new dir or --force"  # noqa: E501 - one message/literal
+            )
     write_json_atomic(path, recipe.to_dict())
 
 

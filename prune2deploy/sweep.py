@@ -34,7 +34,9 @@ def parse_list(text: str, what: str, cast=str) -> list:
     return out
 
 
-def plan_points(task: str, profile: str, sparsities: list[float], methods: list[str], overrides: dict, recipe_file=None) -> list[Recipe]:
+def plan_points(
+    task: str, profile: str, sparsities: list[float], methods: list[str], overrides: dict, recipe_file=None
+) -> list[Recipe]:
     base = load_recipe(task, profile, overrides, recipe_file=recipe_file)
     points = []
     for method in methods:
@@ -51,19 +53,40 @@ def run_sweep(points: list[Recipe], root: Path, force: bool = False) -> dict:
     out = Path(root) / f"sweep-{points[0].task}-{points[0].profile}.json"
     for i, recipe in enumerate(points, 1):
         run_dir = default_run_dir(recipe, root)
-        log(f"[bold]sweep point {i}/{len(points)}[/bold]: {recipe.prune.method} @ {recipe.prune.target_sparsity:g} → {run_dir}")
+        log(
+            f"[bold]sweep point {i}/{len(points)}[/bold]: {recipe.prune.method} @ {recipe.prune.target_sparsity:g} → {run_dir}"  # noqa: E501 - one message/literal
+        )
         try:
             report = run_pipeline(recipe, run_dir, force=force)
             if not D.is_main():  # several processes: rank 0 keeps the summary
                 continue
             metric = report.get("metric")
-            summary["points"].append({"method": recipe.prune.method, "sparsity": recipe.prune.target_sparsity, "run_dir": str(run_dir), "status": "done",
-                                      "metric": metric, "dense": report["metrics"]["dense"].get(metric), "sparse": report["metrics"]["sparse"].get(metric)})
+            summary["points"].append(
+                {
+                    "method": recipe.prune.method,
+                    "sparsity": recipe.prune.target_sparsity,
+                    "run_dir": str(run_dir),
+                    "status": "done",
+                    "metric": metric,
+                    "dense": report["metrics"]["dense"].get(metric),
+                    "sparse": report["metrics"]["sparse"].get(metric),
+                }
+            )
         except UserError:
             raise  # bad input (e.g. a run dir of another config): stop, as `p2d run` would
         except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
-            log(f"[red]sweep point {recipe.prune.method} @ {recipe.prune.target_sparsity:g} failed: {type(e).__name__}: {e}[/red]")
-            summary["points"].append({"method": recipe.prune.method, "sparsity": recipe.prune.target_sparsity, "run_dir": str(run_dir), "status": "failed", "error": f"{type(e).__name__}: {e}"})
+            log(
+                f"[red]sweep point {recipe.prune.method} @ {recipe.prune.target_sparsity:g} failed: {type(e).__name__}: {e}[/red]"  # noqa: E501 - one message/literal
+            )
+            summary["points"].append(
+                {
+                    "method": recipe.prune.method,
+                    "sparsity": recipe.prune.target_sparsity,
+                    "run_dir": str(run_dir),
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {e}",
+                }
+            )
         if D.is_main():
             write_json_atomic(out, summary)
     summary["path"] = str(out)

@@ -158,9 +158,20 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
         teacher.to(device)
     fn = collate(tokenizer)
     D.check_batch(cfg.batch_size, "batch size")
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_at(0))
+    decay = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "layer_norm"))
+    ]
+    no_decay = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "layer_norm"))
+    ]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr_at(0),
+    )
     if teacher is not None:
         teacher.eval()
     log = {"losses": [], "prune_events": [], "resumed_from": None}
@@ -192,13 +203,19 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
     with Bar(cfg.description, cfg.total_steps) as bar:
         bar.advance(step)
         while step < cfg.total_steps:
-            if modules is not None and step in cfg.prune_events and not any(e["step"] == step for e in log["prune_events"]):
+            if (
+                modules is not None
+                and step in cfg.prune_events
+                and not any(e["step"] == step for e in log["prune_events"])
+            ):
                 prune_fn(modules, cfg.prune_events[step])
                 D.broadcast_masks_and_weights(modules)  # rank 0's masks everywhere (several processes)
                 sparsity = M.sparsity_report(M.get_masks(modules))["overall"]
                 log["prune_events"].append({"step": step, "sparsity": cfg.prune_events[step]})
             model.train()
-            batch = fn([features[i] for i in D.shard(batch_order(len(features), cfg.batch_size, cfg.seed, step, lengths))])
+            batch = fn(
+                [features[i] for i in D.shard(batch_order(len(features), cfg.batch_size, cfg.seed, step, lengths))]
+            )
             batch = {k: v.to(device) for k, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step)
@@ -230,7 +247,23 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
     return log
 
 
-def gradient_stream(model, features, tokenizer, modules: dict, n: int, batch_size: int, *, teacher=None, kd_temperature: float = 2.0, kd_hardness: float = 1.0, precision: str = "auto", seed: int = 0, description: str = "gradients", rank: int = 0, world: int = 1):
+def gradient_stream(
+    model,
+    features,
+    tokenizer,
+    modules: dict,
+    n: int,
+    batch_size: int,
+    *,
+    teacher=None,
+    kd_temperature: float = 2.0,
+    kd_hardness: float = 1.0,
+    precision: str = "auto",
+    seed: int = 0,
+    description: str = "gradients",
+    rank: int = 0,
+    world: int = 1,
+):
     """Return `gradients(names)`: yields n dicts {name: grad of module.weight}, one per mini-batch.
 
     The loss is the training loss (KD when a teacher is given). Dropout is off (eval mode) so

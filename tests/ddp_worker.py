@@ -38,12 +38,30 @@ def main(out: Path, method: str, total: int, stop_at: int = 0, ckpt: str = "") -
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(6, 20, (64,), generator=g).tolist()
     ids = [[101] + torch.randint(2000, 5000, (n,), generator=g).tolist() + [102] for n in lengths]
-    features = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": [int(x[1] % 2) for x in ids]})
+    features = Dataset.from_dict(
+        {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": [int(x[1] % 2) for x in ids]}
+    )
 
     modules = M.prunable_modules(model)
     M.attach_masks(modules)
-    ctx = {"obert": {"block_size": 16, "num_grads": 8, "damp": 1e-4}, "rank": D.rank(), "sum_across_ranks": D.sum_ if D.active() else None,
-           "gradients": gradient_stream(model, features, tok, modules, 8, 4, teacher=teacher, precision="fp32", seed=0, rank=D.rank(), world=D.world_size())}
+    ctx = {
+        "obert": {"block_size": 16, "num_grads": 8, "damp": 1e-4},
+        "rank": D.rank(),
+        "sum_across_ranks": D.sum_ if D.active() else None,
+        "gradients": gradient_stream(
+            model,
+            features,
+            tok,
+            modules,
+            8,
+            4,
+            teacher=teacher,
+            precision="fp32",
+            seed=0,
+            rank=D.rank(),
+            world=D.world_size(),
+        ),
+    }
     step_fn = gmp.prune_step if method == "gmp" else obert.prune_step
 
     def prune_fn(mods, sparsity):
@@ -54,8 +72,17 @@ def main(out: Path, method: str, total: int, stop_at: int = 0, ckpt: str = "") -
             raise SystemExit(3)  # an interruption after the checkpoint
         return 1e-3
 
-    cfg = FitConfig(total_steps=total, batch_size=8, lr_at=lr_at, precision="fp32", seed=0, prune_events={1: 0.5, 4: 0.7},
-                    checkpoint=Path(ckpt) if ckpt else None, checkpoint_every=3 if ckpt else 0, checkpoint_tag="t")
+    cfg = FitConfig(
+        total_steps=total,
+        batch_size=8,
+        lr_at=lr_at,
+        precision="fp32",
+        seed=0,
+        prune_events={1: 0.5, 4: 0.7},
+        checkpoint=Path(ckpt) if ckpt else None,
+        checkpoint_every=3 if ckpt else 0,
+        checkpoint_tag="t",
+    )
     fit(model, features, tok, cfg, teacher=teacher, modules=modules, prune_fn=prune_fn)
     tensors = {f"mask.{k}": v.to(torch.uint8) for k, v in M.get_masks(modules).items()}
     tensors.update({f"weight.{n}": p.detach().clone() for n, p in model.named_parameters()})

@@ -13,7 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def p2d(*args, cwd=None, timeout=600):
     env = dict(os.environ, P2D_QUIET="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "prune2deploy.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "prune2deploy.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def assert_user_error(res, *needles):
@@ -25,21 +32,30 @@ def assert_user_error(res, *needles):
         assert n in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["run", "squad", "--sparsity", "1.5", "--profile", "smoke"], ["[0, 1)"]),
-    (["run", "squad", "--sparsity", "-0.2", "--profile", "smoke"], ["[0, 1)"]),
-    (["run", "squad", "--sparsity", "lots", "--profile", "smoke"], ["expected a number"]),
-    (["run", "nosuchtask", "--sparsity", "0.5"], ["unknown task 'nosuchtask'"]),
-    (["run", "squad", "--method", "random", "--profile", "smoke"], ["unknown method 'random'"]),
-    (["run", "squad", "--profile", "giant"], ["unknown profile 'giant'"]),
-    (["run", "squad", "--set", "prune.nope=1", "--profile", "smoke"], ["unknown key 'nope'"]),
-    (["run", "squad", "--set", "prune.lr=-1", "--profile", "smoke"], ["prune.lr must be in (0, inf), got -1"]),
-    (["run", "squad", "--set", "teacher.lr=0", "--profile", "smoke"], ["teacher.lr must be in (0, inf)"]),
-    (["run", "squad", "--set", "prune.batch_size=0", "--profile", "smoke"], ["prune.batch_size must be in [1, inf), got 0"]),
-    (["run", "squad", "--set", "teacher.epochs=-2", "--profile", "smoke"], ["teacher.epochs must be in (0, inf)"]),
-    (["run", "squad", "--set", "data.train_examples=0", "--profile", "smoke"], ["data.train_examples must be in [1, inf)"]),
-    (["run", "squad", "--set", "bench.iters=0", "--profile", "smoke"], ["bench.iters must be in [1, inf)"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["run", "squad", "--sparsity", "1.5", "--profile", "smoke"], ["[0, 1)"]),
+        (["run", "squad", "--sparsity", "-0.2", "--profile", "smoke"], ["[0, 1)"]),
+        (["run", "squad", "--sparsity", "lots", "--profile", "smoke"], ["expected a number"]),
+        (["run", "nosuchtask", "--sparsity", "0.5"], ["unknown task 'nosuchtask'"]),
+        (["run", "squad", "--method", "random", "--profile", "smoke"], ["unknown method 'random'"]),
+        (["run", "squad", "--profile", "giant"], ["unknown profile 'giant'"]),
+        (["run", "squad", "--set", "prune.nope=1", "--profile", "smoke"], ["unknown key 'nope'"]),
+        (["run", "squad", "--set", "prune.lr=-1", "--profile", "smoke"], ["prune.lr must be in (0, inf), got -1"]),
+        (["run", "squad", "--set", "teacher.lr=0", "--profile", "smoke"], ["teacher.lr must be in (0, inf)"]),
+        (
+            ["run", "squad", "--set", "prune.batch_size=0", "--profile", "smoke"],
+            ["prune.batch_size must be in [1, inf), got 0"],
+        ),
+        (["run", "squad", "--set", "teacher.epochs=-2", "--profile", "smoke"], ["teacher.epochs must be in (0, inf)"]),
+        (
+            ["run", "squad", "--set", "data.train_examples=0", "--profile", "smoke"],
+            ["data.train_examples must be in [1, inf)"],
+        ),
+        (["run", "squad", "--set", "bench.iters=0", "--profile", "smoke"], ["bench.iters must be in [1, inf)"]),
+    ],
+)
 def test_bad_flags(args, needles, tmp_path):
     res = p2d(*args, "--out", tmp_path / "run")
     assert_user_error(res, *needles)
@@ -65,7 +81,9 @@ def test_not_a_model(tmp_path):
 def _tiny_bert_dir(d):
     from transformers import BertConfig, BertForMaskedLM
 
-    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(d)
+    BertForMaskedLM(
+        BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(d)
     return d
 
 
@@ -129,7 +147,9 @@ def test_smoke_writes_report_and_onnx(smoke_run):
     for key in ("task", "model", "method", "target_sparsity", "profile", "metrics", "sparsity", "onnx", "bench"):
         assert key in report
     assert report["task"] == "squad" and report["method"] == "gmp" and report["target_sparsity"] == 0.8
-    assert {"f1", "exact_match"} <= set(report["metrics"]["dense"]) and {"f1", "exact_match"} <= set(report["metrics"]["sparse"])
+    assert {"f1", "exact_match"} <= set(report["metrics"]["dense"]) and {"f1", "exact_match"} <= set(
+        report["metrics"]["sparse"]
+    )
     assert report["sparsity"]["encoder"] == pytest.approx(0.8, abs=1e-6)
     assert len(report["sparsity"]["per_layer"]) == 36
     assert report["onnx"]["path"] == "export/model.onnx"
@@ -143,7 +163,9 @@ def test_smoke_writes_report_and_onnx(smoke_run):
     for f in ("model.onnx", "dense.onnx", "tokenizer.json", "config.json"):
         assert (out / "export" / f).is_file()
     preds = json.loads((out / "validate" / "predictions.json").read_text())
-    assert len(preds) == report["metrics"]["sparse"]["eval_questions"] and all(isinstance(v, str) for v in preds.values())
+    assert len(preds) == report["metrics"]["sparse"]["eval_questions"] and all(
+        isinstance(v, str) for v in preds.values()
+    )
     for stage in ("teacher", "prune", "validate", "export", "bench"):
         rec = json.loads((out / stage / "stage.json").read_text())
         assert rec["status"] == "done" and rec["key"] and "versions" in rec and rec["seconds"] >= 0
@@ -196,7 +218,13 @@ def test_kill_9_during_prune_then_resume_matches_uninterrupted(smoke_run):
     out = ref.parent / "resumed"
     args = ["run", "squad", "--sparsity", "0.8", "--profile", "smoke", "--out", out, "--set", "checkpoint_every=3"]
     env = dict(os.environ, P2D_QUIET="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "prune2deploy.cli", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prune2deploy.cli", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     ckpt = out / ".checkpoints" / "prune.pt"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -226,8 +254,20 @@ def test_kill_9_during_prune_then_resume_matches_uninterrupted(smoke_run):
 
 def test_export_parity_failure_is_one_line_and_writes_no_export(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.5", "--model", tiny_model_dir, "--out", out,
-              "--set", "export.atol=1e-15")
+    res = p2d(
+        "run",
+        "rotten_tomatoes",
+        "--profile",
+        "smoke",
+        "--sparsity",
+        "0.5",
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+        "--set",
+        "export.atol=1e-15",
+    )
     assert_user_error(res, "export: sparse ONNX outputs differ from PyTorch by", "> atol 1e-15")
     assert (out / "prune" / "stage.json").is_file()  # the stages before it stand
     assert not (out / "export").exists() and not list(out.glob(".export*"))  # nothing half-written
@@ -235,7 +275,18 @@ def test_export_parity_failure_is_one_line_and_writes_no_export(tmp_path, tiny_m
 
 
 def test_method_options_bad_input_is_one_line(tmp_path):
-    res = p2d("run", "squad", "--profile", "smoke", "--method", "obert", "--set", "prune.options.obert.damp=-1", "--out", tmp_path / "r")
+    res = p2d(
+        "run",
+        "squad",
+        "--profile",
+        "smoke",
+        "--method",
+        "obert",
+        "--set",
+        "prune.options.obert.damp=-1",
+        "--out",
+        tmp_path / "r",
+    )
     assert_user_error(res, "prune.options.obert.damp must be > 0, got -1")
     res = p2d("run", "squad", "--profile", "smoke", "--set", "prune.options.nosuch.x=1", "--out", tmp_path / "r")
     assert_user_error(res, "unknown method 'nosuch'")

@@ -23,7 +23,20 @@ def worker(out, method, total=8, procs=1, stop_at=0, ckpt=""):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     args = [str(out), method, str(total), str(stop_at), str(ckpt)]
-    cmd = [sys.executable, str(WORKER), *args] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), str(WORKER), *args]
+    cmd = (
+        [sys.executable, str(WORKER), *args]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(procs),
+            str(WORKER),
+            *args,
+        ]
+    )
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -45,7 +58,18 @@ def single(tmp_path_factory):
 
 
 def test_strip_launch_options():
-    argv = ["run", "squad", "--launcher", "accelerate", "--processes=2", "--sparsity", "0.8", "--processes", "4", "--launcher=accelerate"]
+    argv = [
+        "run",
+        "squad",
+        "--launcher",
+        "accelerate",
+        "--processes=2",
+        "--sparsity",
+        "0.8",
+        "--processes",
+        "4",
+        "--launcher=accelerate",
+    ]
     assert strip_launch_options(argv) == ["run", "squad", "--sparsity", "0.8"]
 
 
@@ -54,7 +78,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, single, me
     res = worker(tmp_path, method, procs=2)
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = load(tmp_path / "rank0.safetensors"), load(tmp_path / "rank1.safetensors")
-    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)  # both ranks hold the same masks and weights
+    assert r0.keys() == r1.keys() and all(
+        torch.equal(r0[k], r1[k]) for k in r0
+    )  # both ranks hold the same masks and weights
     one = single[method]
     masks = [k for k in one if k.startswith("mask.")]
     assert len(masks) == 12
@@ -71,7 +97,9 @@ def test_checkpoint_from_two_processes_resumes_on_one(tmp_path, single):
     res = worker(tmp_path / "a", "gmp", procs=2, stop_at=5, ckpt=ckpt)
     assert res.returncode != 0 and ckpt.is_file()  # interrupted at step 5, checkpoint of step 3
     state = torch.load(ckpt, weights_only=True)
-    assert state["step"] == 3 and not any(k.startswith("module.") for k in state["model"])  # no DDP wrapper in the saved state
+    assert state["step"] == 3 and not any(
+        k.startswith("module.") for k in state["model"]
+    )  # no DDP wrapper in the saved state
     res = worker(tmp_path / "b", "gmp", procs=1, ckpt=ckpt)
     assert res.returncode == 0, res.stderr[-3000:]
     resumed, one = load(tmp_path / "b" / "rank0.safetensors"), single["gmp"]
@@ -86,13 +114,37 @@ def test_p2d_run_with_accelerate_launcher_ten_times_in_a_row(tmp_path, tiny_mode
     for i in range(10):
         run = tmp_path / f"run{i}"
         extra = ["--quantize", "int8-static", "--set", "export.qat_epochs=1"] if i == 0 else []
-        res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.6", "--model", tiny_model_dir, "--out", run,
-                  "--launcher", "accelerate", "--processes", "2", "--set", "bench.iters=2", "--set", "bench.min_time_s=0",
-                  "--set", "bench.warmup=0", "--set", "bench.runtimes=onnxruntime", *extra)
+        res = p2d(
+            "run",
+            "rotten_tomatoes",
+            "--profile",
+            "smoke",
+            "--sparsity",
+            "0.6",
+            "--model",
+            tiny_model_dir,
+            "--out",
+            run,
+            "--launcher",
+            "accelerate",
+            "--processes",
+            "2",
+            "--set",
+            "bench.iters=2",
+            "--set",
+            "bench.min_time_s=0",
+            "--set",
+            "bench.warmup=0",
+            "--set",
+            "bench.runtimes=onnxruntime",
+            *extra,
+        )
         assert res.returncode == 0, (i, res.stderr[-4000:])
         rep = json.loads((run / "report.json").read_text())
         assert abs(rep["sparsity"]["encoder"] - 0.6) < 1e-3 and abs(rep["onnx"]["encoder_sparsity"] - 0.6) < 1e-3
-        assert not list(run.glob(".*.tmp")) and not list(run.glob(".*rank*"))  # rank 1's scratch removed, nothing half-written
+        assert not list(run.glob(".*.tmp")) and not list(
+            run.glob(".*rank*")
+        )  # rank 1's scratch removed, nothing half-written
         teacher = json.loads((run / "teacher" / "stage.json").read_text())["result"]
         assert Path(teacher["model_dir"]).is_dir() and teacher["cached"] == (i > 0)  # trained once, then from the cache
         assert res.stdout.count("encoder sparsity") == 1  # one summary: rank 0's
@@ -102,7 +154,10 @@ def test_p2d_run_with_accelerate_launcher_ten_times_in_a_row(tmp_path, tiny_mode
 
 
 def test_launcher_bad_input(tmp_path):
-    assert_user_error(p2d("run", "rotten_tomatoes", "--launcher", "slurm", "--out", tmp_path / "r"), "--launcher must be none or accelerate")
+    assert_user_error(
+        p2d("run", "rotten_tomatoes", "--launcher", "slurm", "--out", tmp_path / "r"),
+        "--launcher must be none or accelerate",
+    )
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):

@@ -72,7 +72,18 @@ def _features(n=24, length=16):
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 2000, (n, length), generator=g)
-    return Dataset.from_list([{"input_ids": r.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "start_positions": 3, "end_positions": 5} for r in ids])
+    return Dataset.from_list(
+        [
+            {
+                "input_ids": r.tolist(),
+                "attention_mask": [1] * length,
+                "token_type_ids": [0] * length,
+                "start_positions": 3,
+                "end_positions": 5,
+            }
+            for r in ids
+        ]
+    )
 
 
 def test_sparsity_exact_after_training_and_embeddings_head_untouched(tiny_qa, tiny_model_dir):

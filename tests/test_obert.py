@@ -25,7 +25,9 @@ def _least_squares(block, seed=0, d=20, n=400):
     the block-diagonal Fisher assumes) and independent across blocks.
     """
     torch.manual_seed(seed)
-    X = torch.cat([torch.randn(n, 2) @ torch.randn(2, block) + 0.3 * torch.randn(n, block) for _ in range(d // block)], dim=1)
+    X = torch.cat(
+        [torch.randn(n, 2) @ torch.randn(2, block) + 0.3 * torch.randn(n, block) for _ in range(d // block)], dim=1
+    )
     H = X.T @ X / n
     lin = nn.Linear(d, 1, bias=False)
     with torch.no_grad():
@@ -96,7 +98,12 @@ def test_block_larger_than_layer_is_a_user_error():
     mods = {"a": nn.Linear(3, 2)}
     M.attach_masks(mods)
     with pytest.raises(UserError, match="block size"):
-        obert.prune_step(mods, 0.5, "global", {"obert": {"block_size": 50, "num_grads": 1, "damp": 1e-7}, "gradients": lambda n: iter(())})
+        obert.prune_step(
+            mods,
+            0.5,
+            "global",
+            {"obert": {"block_size": 50, "num_grads": 1, "damp": 1e-7}, "gradients": lambda n: iter(())},
+        )
 
 
 def test_chunked_equals_unchunked():
@@ -109,7 +116,10 @@ def test_chunked_equals_unchunked():
     for chunk_bytes in (1 << 30, 1):
         mods = make()
         M.attach_masks(mods)
-        ctx = {"obert": {"block_size": 4, "num_grads": 12, "damp": 1e-3, "chunk_bytes": chunk_bytes}, "gradients": lambda names: ({n: g[n] for n in names} for g in grads)}
+        ctx = {
+            "obert": {"block_size": 4, "num_grads": 12, "damp": 1e-3, "chunk_bytes": chunk_bytes},
+            "gradients": lambda names: ({n: g[n] for n in names} for g in grads),
+        }
         obert.prune_step(mods, 0.5, "global", ctx)
         out.append({n: m.weight.detach().clone() for n, m in mods.items()})
     for n in out[0]:
@@ -133,7 +143,10 @@ def test_chunked_equals_unchunked_when_gradients_depend_on_the_weights():
             total = sum(float(m.weight.detach().abs().sum()) for m in mods.values())
             return ({n: g[n] * total + mods[n].weight.detach() for n in names} for g in base)
 
-        ctx = {"obert": {"block_size": 4, "num_grads": 12, "damp": 1e-3, "chunk_bytes": chunk_bytes}, "gradients": gradients}
+        ctx = {
+            "obert": {"block_size": 4, "num_grads": 12, "damp": 1e-3, "chunk_bytes": chunk_bytes},
+            "gradients": gradients,
+        }
         obert.prune_step(mods, 0.5, "global", ctx)
         out.append({n: m.weight.detach().clone() for n, m in mods.items()})
     for n in out[0]:
@@ -148,7 +161,11 @@ def test_obs_update_is_the_constrained_minimum_of_the_quadratic_model():
     F = A @ A.T + 0.5 * torch.eye(B, dtype=torch.float64)  # a known SPD Hessian
     w = torch.randn(B, dtype=torch.float64)
     pruned = torch.tensor([True, False, True, False, False, True])
-    dw = obert.obs_update(w.view(1, B).float(), torch.linalg.inv(F).view(1, B, B).float(), pruned.view(1, B)).view(B).double()
+    dw = (
+        obert.obs_update(w.view(1, B).float(), torch.linalg.inv(F).view(1, B, B).float(), pruned.view(1, B))
+        .view(B)
+        .double()
+    )
     Q = pruned.nonzero().view(-1)
     E = torch.eye(B, dtype=torch.float64)[Q]  # constraint rows: E dw = -w_Q
     kkt = torch.zeros(B + len(Q), B + len(Q), dtype=torch.float64)
@@ -209,7 +226,12 @@ def test_a_method_object_prunes_with_its_named_resources():
         g = torch.Generator().manual_seed(salt)
         return ({n: torch.randn(4, 8, generator=g) for n in names} for _ in range(4))
 
-    method = get_method("obert")(settings_for("obert", {"obert": {"block_size": 4, "num_grads": 4, "damp": 1e-3}}), "global", None, gradients=gradients)
+    method = get_method("obert")(
+        settings_for("obert", {"obert": {"block_size": 4, "num_grads": 4, "damp": 1e-3}}),
+        "global",
+        None,
+        gradients=gradients,
+    )
     method.prune_step(mods, 0.5)
     M.check_exact(M.get_masks(mods), 0.5, "global")
     assert salts and set(salts) == {500000}

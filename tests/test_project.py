@@ -56,7 +56,9 @@ def test_layering_nothing_imports_cli_and_libraries_do_not_import_stages():
         if rel.startswith("runtimes/"):
             assert not any("training" in i or "pruning" in i for i in imps), f"{rel} imports training code"
         if rel != "run.py" and not rel.startswith("stages/"):  # stages are run by the runner, never imported
-            assert not any("stages" in i.split(".")[:-1] or i.split(".")[-1] in STAGE_MODULES for i in imps), f"{rel} imports a stage"
+            assert not any("stages" in i.split(".")[:-1] or i.split(".")[-1] in STAGE_MODULES for i in imps), (
+                f"{rel} imports a stage"
+            )
         if rel.startswith("stages/"):  # a stage imports libraries and stages/common, no other stage
             assert not any(i.split(".")[-1] in STAGE_MODULES for i in imps), f"{rel} imports another stage"
     for path in (ROOT / "benchmarks").glob("*.py"):
@@ -75,5 +77,7 @@ def test_ruff_lint_is_clean():
 
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is in the test extras (scripts/bootstrap installs it)"
-    res = subprocess.run([ruff, "check", "--no-cache", "prune2deploy", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [ruff, "check", "--no-cache", "prune2deploy", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout[-3000:]

@@ -12,7 +12,20 @@ from test_cli import assert_user_error, p2d
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("int8") / "run"
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--quantize", "int8", "--out", out)
+    res = p2d(
+        "run",
+        "rotten_tomatoes",
+        "--profile",
+        "smoke",
+        "--sparsity",
+        "0.7",
+        "--model",
+        tiny_model_dir,
+        "--quantize",
+        "int8",
+        "--out",
+        out,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -22,7 +35,9 @@ def test_int8_keeps_zeros_and_reports_accuracy_and_latency(int8_run):
     assert rec["quantize"] == "int8" and rec["tensors"] == 12  # 2 layers x 6 encoder Linears
     assert rec["encoder_sparsity_int8"] >= 0.7 - 1e-6  # rounding may add zeros, never remove them
     val = json.loads((int8_run / "validate" / "stage.json").read_text())["result"]
-    assert rec["metrics"]["sparse_fp32_onnx"]["accuracy"] == pytest.approx(val["sparse"]["accuracy"])  # same data, same model
+    assert rec["metrics"]["sparse_fp32_onnx"]["accuracy"] == pytest.approx(
+        val["sparse"]["accuracy"]
+    )  # same data, same model
     int8, fp32 = rec["metrics"]["sparse_int8"], rec["metrics"]["sparse_fp32_onnx"]
     n = val["sparse"]["eval_examples"]
     assert int8["eval_examples"] == fp32["eval_examples"] == n  # the same questions as validate
@@ -39,7 +54,10 @@ def test_int8_keeps_zeros_and_reports_accuracy_and_latency(int8_run):
     assert any(r["model"] == "dense-int8" and r["precision"] == "int8" for r in timed)
     for r in timed:
         shape = (r["batch_size"], r["seq_len"])
-        best = min((x for x in timed if x["model"].startswith("dense") and (x["batch_size"], x["seq_len"]) == shape), key=lambda x: x["p50_ms"])
+        best = min(
+            (x for x in timed if x["model"].startswith("dense") and (x["batch_size"], x["seq_len"]) == shape),
+            key=lambda x: x["p50_ms"],
+        )
         assert r["speedup_vs_best_dense"] == round(best["p50_ms"] / r["p50_ms"], 3)
         assert r["best_dense"] == f"{best['runtime']} {best['model']} ({best['precision']})"
     assert any("p50_ms" in r for r in int8_rows)
@@ -56,17 +74,26 @@ def test_a_lost_zero_is_caught(int8_run, tmp_path):
     from prune2deploy.int8 import check_zeros_kept
 
     model = onnx.load(str(int8_run / "quantize" / "model.int8.onnx"))
-    init = next(t for t in model.graph.initializer if t.name.endswith("_quantized") and numpy_helper.to_array(t).dtype == np.int8)
+    init = next(
+        t
+        for t in model.graph.initializer
+        if t.name.endswith("_quantized") and numpy_helper.to_array(t).dtype == np.int8
+    )
     arr = numpy_helper.to_array(init).copy()
     arr.flat[int(np.flatnonzero(arr == 0)[0])] = 5
     init.CopyFrom(numpy_helper.from_array(arr, init.name))
     onnx.save(model, str(tmp_path / "bad.onnx"))
     with pytest.raises(VerificationError, match="pruned weights became non-zero"):
-        check_zeros_kept(int8_run / "export" / "model.onnx", tmp_path / "bad.onnx", [init.name.removesuffix("_quantized")])
+        check_zeros_kept(
+            int8_run / "export" / "model.onnx", tmp_path / "bad.onnx", [init.name.removesuffix("_quantized")]
+        )
 
 
 def test_bad_quantize_value(tmp_path):
-    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--quantize", "int4", "--out", tmp_path / "r"), "--quantize must be")
+    assert_user_error(
+        p2d("run", "rotten_tomatoes", "--profile", "smoke", "--quantize", "int4", "--out", tmp_path / "r"),
+        "--quantize must be",
+    )
 
 
 def test_package_int8_then_verify(int8_run, tmp_path):
@@ -74,15 +101,32 @@ def test_package_int8_then_verify(int8_run, tmp_path):
     res = p2d("package", int8_run, "--out", art, "--int8")
     assert res.returncode == 0, res.stderr
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["precision"] == "int8" and all(v["onnx_name"].endswith("_quantized") for v in manifest["onnx_initializers"].values())
+    assert manifest["precision"] == "int8" and all(
+        v["onnx_name"].endswith("_quantized") for v in manifest["onnx_initializers"].values()
+    )
     res = p2d("verify", art)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert_user_error(p2d("package", int8_run.parent / "nope", "--out", tmp_path / "a2", "--int8"), "not a run dir (no recipe.json)")
+    assert_user_error(
+        p2d("package", int8_run.parent / "nope", "--out", tmp_path / "a2", "--int8"), "not a run dir (no recipe.json)"
+    )
 
 
 def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.5", "--pattern", "2:4", "--model", tiny_model_dir, "--out", out)
+    res = p2d(
+        "run",
+        "rotten_tomatoes",
+        "--profile",
+        "smoke",
+        "--sparsity",
+        "0.5",
+        "--pattern",
+        "2:4",
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     from prune2deploy.onnx_sparsity import load_initializers
 
@@ -92,8 +136,36 @@ def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):
     for t in rec["per_tensor"].values():
         w = inits[t["onnx_name"]]  # ONNX MatMul weights are (in, out): groups of 4 run along axis 0
         assert ((w.reshape(-1, 4, w.shape[1]) != 0).sum(1) <= 2).all()
-    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "2:4", "--sparsity", "0.8", "--out", tmp_path / "r2"), "--sparsity 0.5")
-    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "4:2", "--sparsity", "0.5", "--out", tmp_path / "r3"), "0 < N < M")
+    assert_user_error(
+        p2d(
+            "run",
+            "rotten_tomatoes",
+            "--profile",
+            "smoke",
+            "--pattern",
+            "2:4",
+            "--sparsity",
+            "0.8",
+            "--out",
+            tmp_path / "r2",
+        ),
+        "--sparsity 0.5",
+    )
+    assert_user_error(
+        p2d(
+            "run",
+            "rotten_tomatoes",
+            "--profile",
+            "smoke",
+            "--pattern",
+            "4:2",
+            "--sparsity",
+            "0.5",
+            "--out",
+            tmp_path / "r3",
+        ),
+        "0 < N < M",
+    )
 
 
 def test_static_qdq_int8_keeps_zeros_and_matches_fp32(int8_run, tmp_path):
@@ -110,12 +182,18 @@ def test_static_qdq_int8_keeps_zeros_and_matches_fp32(int8_run, tmp_path):
     batches = [fixed_inputs(tok, texts, 3, 32), fixed_inputs(tok, texts[::-1], 3, 32)]
     quantize_int8_static(export / "model.onnx", tmp_path / "qdq.onnx", batches)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "qdq.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops  # QDQ, not the dynamic operators
+    assert {
+        "QuantizeLinear",
+        "DequantizeLinear",
+    } <= ops and "MatMulInteger" not in ops  # QDQ, not the dynamic operators
     rec = json.loads((int8_run / "quantize" / "stage.json").read_text())["result"]
     names = [t["onnx_name"] for t in json.loads((export / "stage.json").read_text())["result"]["per_tensor"].values()]
     zeros = check_zeros_kept(export / "model.onnx", tmp_path / "qdq.onnx", names)
     assert len(zeros["tensors"]) == rec["tensors"] == 12 and zeros["encoder_sparsity_int8"] >= 0.7 - 1e-6
-    ref, got = ort_rt.load(export / "model.onnx", 1)(batches[0])[0], ort_rt.load(tmp_path / "qdq.onnx", 1)(batches[0])[0]
+    ref, got = (
+        ort_rt.load(export / "model.onnx", 1)(batches[0])[0],
+        ort_rt.load(tmp_path / "qdq.onnx", 1)(batches[0])[0],
+    )
     assert np.abs(ref - got).max() < 0.5 * (np.abs(ref).max() + 1e-3)  # close to fp32, not equal
 
 
@@ -141,10 +219,29 @@ def test_fake_quant_keeps_zeros_lands_on_the_int8_grid_and_passes_gradients():
 
 def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--quantize", "int8-static", "--set", "export.qat_epochs=1", "--out", out)
+    res = p2d(
+        "run",
+        "rotten_tomatoes",
+        "--profile",
+        "smoke",
+        "--sparsity",
+        "0.7",
+        "--model",
+        tiny_model_dir,
+        "--quantize",
+        "int8-static",
+        "--set",
+        "export.qat_epochs=1",
+        "--out",
+        out,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rec = json.loads((out / "quantize" / "stage.json").read_text())["result"]
-    assert rec["quantize"] == "int8-static" and rec["qat"]["steps"] > 0 and abs(rec["qat"]["encoder_sparsity"] - 0.7) < 1e-3
+    assert (
+        rec["quantize"] == "int8-static"
+        and rec["qat"]["steps"] > 0
+        and abs(rec["qat"]["encoder_sparsity"] - 0.7) < 1e-3
+    )
     assert rec["tensors"] == 12 and rec["encoder_sparsity_int8"] >= 0.7 - 1e-6
     assert {"sparse_int8", "sparse_fp32_onnx", "sparse_qat_fp32_onnx"} <= set(rec["metrics"])
     report = json.loads((out / "report.json").read_text())
@@ -154,5 +251,18 @@ def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
     assert len(json.loads((art / "manifest.json").read_text())["onnx_initializers"]) == 12
     res = p2d("verify", art)
     assert res.returncode == 0, res.stdout + res.stderr
-    bad = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--model", tiny_model_dir, "--quantize", "int8", "--set", "export.qat_epochs=1", "--out", tmp_path / "r2")
+    bad = p2d(
+        "run",
+        "rotten_tomatoes",
+        "--profile",
+        "smoke",
+        "--model",
+        tiny_model_dir,
+        "--quantize",
+        "int8",
+        "--set",
+        "export.qat_epochs=1",
+        "--out",
+        tmp_path / "r2",
+    )
     assert_user_error(bad, "needs --quantize int8-static")

@@ -65,8 +65,12 @@ def test_bad_recipe_files(tmp_path):
 
 def test_a_pipeline_includes_a_shared_base(tmp_path):
     shared = tmp_path / "_shared.yaml"
-    shared.write_text("base:\n  seed: 3\n  data: {max_length: 99, doc_stride: 9}\nprofiles:\n  default:\n    prune: {lr: 1.0e-4, batch_size: 4}\n")
-    (tmp_path / "mine.yaml").write_text("task: rotten_tomatoes\ninclude: _shared.yaml\nbase:\n  data: {max_length: 64}\nprofiles:\n  default:\n    prune: {lr: 2.0e-4}\n")
+    shared.write_text(
+        "base:\n  seed: 3\n  data: {max_length: 99, doc_stride: 9}\nprofiles:\n  default:\n    prune: {lr: 1.0e-4, batch_size: 4}\n"  # noqa: E501 - one message/literal
+    )
+    (tmp_path / "mine.yaml").write_text(
+        "task: rotten_tomatoes\ninclude: _shared.yaml\nbase:\n  data: {max_length: 64}\nprofiles:\n  default:\n    prune: {lr: 2.0e-4}\n"  # noqa: E501 - one message/literal
+    )
     r = load_recipe("rotten_tomatoes", "default", recipe_file=tmp_path / "mine.yaml")
     assert (r.seed, r.data.max_length, r.data.doc_stride) == (3, 64, 9)  # included, then overridden key by key
     assert (r.prune.lr, r.prune.batch_size) == (2e-4, 4)

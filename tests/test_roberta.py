@@ -10,13 +10,25 @@ def test_roberta_smoke_pipeline(tmp_path):
 
     from prune2deploy.models import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))  # any tokenizer of the right vocab: no RoBERTa one ships offline
+    tok = AutoTokenizer.from_pretrained(
+        resolve_model("minilm-l6")
+    )  # any tokenizer of the right vocab: no RoBERTa one ships offline
     model = tmp_path / "tiny-roberta"
-    cfg = RobertaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=130, type_vocab_size=1, pad_token_id=tok.pad_token_id)
+    cfg = RobertaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        type_vocab_size=1,
+        pad_token_id=tok.pad_token_id,
+    )
     RobertaForMaskedLM(cfg).save_pretrained(model)
     tok.save_pretrained(model)
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.6", "--model", model, "--out", tmp_path / "run")
+    res = p2d(
+        "run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.6", "--model", model, "--out", tmp_path / "run"
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert abs(rep["sparsity"]["encoder"] - 0.6) < 1e-3 and abs(rep["onnx"]["encoder_sparsity"] - 0.6) < 1e-3

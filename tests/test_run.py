@@ -80,7 +80,10 @@ def test_hub_errors_keep_their_message_and_say_network_only_when_it_is(monkeypat
     monkeypatch.setattr(datasets, "load_dataset", missing)
     with pytest.raises(UserError) as e:
         load_hub("nope", offline_hint="omit --data-dir")
-    assert str(e.value) == "cannot load 'nope' from the hub: FileNotFoundError: Dataset 'nope' doesn't exist on the Hub or cannot be accessed."
+    assert (
+        str(e.value)
+        == "cannot load 'nope' from the hub: FileNotFoundError: Dataset 'nope' doesn't exist on the Hub or cannot be accessed."  # noqa: E501 - one message/literal
+    )
 
     def offline(*a, **k):
         raise ConnectionError("Couldn't reach 'squad' on the Hub (ConnectionError)")

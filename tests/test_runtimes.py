@@ -25,7 +25,9 @@ def sparse_onnx(tmp_path_factory):
     from tests.conftest import tiny_config
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_config(num_labels=2, hidden_size=64, intermediate_size=128, num_attention_heads=4)).eval()
+    model = BertForSequenceClassification(
+        tiny_config(num_labels=2, hidden_size=64, intermediate_size=128, num_attention_heads=4)
+    ).eval()
     mods = M.prunable_modules(model)
     M.attach_masks(mods)
     gmp.prune_step(mods, 0.9, "global")
@@ -38,7 +40,11 @@ def sparse_onnx(tmp_path_factory):
 
 def _inputs(b=2, s=32):
     rng = np.random.default_rng(0)
-    return {"input_ids": rng.integers(1000, 2000, (b, s)).astype(np.int64), "attention_mask": np.ones((b, s), np.int64), "token_type_ids": np.zeros((b, s), np.int64)}
+    return {
+        "input_ids": rng.integers(1000, 2000, (b, s)).astype(np.int64),
+        "attention_mask": np.ones((b, s), np.int64),
+        "token_type_ids": np.zeros((b, s), np.int64),
+    }
 
 
 def test_registry_rules():
@@ -67,7 +73,9 @@ def test_deepsparse_fixed_shapes_and_parity(sparse_onnx):
     ref = ort_rt.load(sparse_onnx, 2)(x)
     assert len(times) == 3  # min_time 0: exactly the iterations asked for, each timed
     assert np.abs(outputs[0] - ref[0]).max() < 1e-3
-    assert hashlib.sha256(sparse_onnx.read_bytes()).hexdigest() == before  # DeepSparse got a copy, the original is intact
+    assert (
+        hashlib.sha256(sparse_onnx.read_bytes()).hexdigest() == before
+    )  # DeepSparse got a copy, the original is intact
     import onnx
 
     onnx.checker.check_model(str(sparse_onnx))
@@ -75,7 +83,10 @@ def test_deepsparse_fixed_shapes_and_parity(sparse_onnx):
 
 def test_deepsparse_fallback_fails_loudly(sparse_onnx, tmp_path, monkeypatch):
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\nif [ \"$1\" = -c ]; then echo 1.8.0; exit 0; fi\necho 'DeepSparse Optimized runtime disabled - Detected dynamic input input_ids dim 1' >&2\nexit 0\n")
+    fake.write_text(
+        "#!/bin/sh\nif [ \"$1\" = -c ]; then echo 1.8.0; exit 0; fi\n"
+        "echo 'DeepSparse Optimized runtime disabled - Detected dynamic input input_ids dim 1' >&2\nexit 0\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("P2D_DEEPSPARSE_PYTHON", str(fake))
     ds._probe.cache_clear()
@@ -95,12 +106,30 @@ def test_openvino_fp32_matches_ort(sparse_onnx):
 
 
 def test_bench_any_onnx_file_cli(sparse_onnx, tmp_path):
-    res = p2d("bench", sparse_onnx, "--dense", sparse_onnx, "--runtime", "onnxruntime,deepsparse", "--batch-sizes", "1", "--seq-lens", "32", "--out", tmp_path / "b")
+    res = p2d(
+        "bench",
+        sparse_onnx,
+        "--dense",
+        sparse_onnx,
+        "--runtime",
+        "onnxruntime,deepsparse",
+        "--batch-sizes",
+        "1",
+        "--seq-lens",
+        "32",
+        "--out",
+        tmp_path / "b",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     import json
 
     rows = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert {(r["runtime"], r["model"]) for r in rows} == {("onnxruntime", "dense"), ("onnxruntime", "sparse"), ("deepsparse", "dense"), ("deepsparse", "sparse")}
+    assert {(r["runtime"], r["model"]) for r in rows} == {
+        ("onnxruntime", "dense"),
+        ("onnxruntime", "sparse"),
+        ("deepsparse", "dense"),
+        ("deepsparse", "sparse"),
+    }
     assert all("p50_ms" in r and r["max_abs_diff"] < 1e-3 for r in rows)
     assert all(r["speedup_vs_best_dense"] is not None for r in rows)
     assert (tmp_path / "b" / "bench.md").read_text().count("\n") == 2 + len(rows)
@@ -111,5 +140,7 @@ def test_bench_bad_inputs(sparse_onnx, tmp_path):
     bad.write_bytes(b"not a model at all")
     assert_user_error(p2d("bench", bad), "not a readable ONNX model")
     assert_user_error(p2d("bench", sparse_onnx, "--runtime", "tensorflow"), "unknown runtime 'tensorflow'")
-    assert_user_error(p2d("bench", sparse_onnx, "--seq-lens", "600", "--runtime", "onnxruntime"), "cannot run on inputs")
+    assert_user_error(
+        p2d("bench", sparse_onnx, "--seq-lens", "600", "--runtime", "onnxruntime"), "cannot run on inputs"
+    )
     assert_user_error(p2d("bench", tmp_path / "nope.onnx"), "ONNX file not found")

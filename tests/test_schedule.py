@@ -17,7 +17,15 @@ def test_cubic_endpoints_and_shape():
 
 
 def test_paper_recipe_events():
-    p = PruneConfig(target_sparsity=0.9, epochs=30, reference_sparsity=0.9, init_sparsity=0.7, prune_start=2, prune_end=26, prune_freq=4)
+    p = PruneConfig(
+        target_sparsity=0.9,
+        epochs=30,
+        reference_sparsity=0.9,
+        init_sparsity=0.7,
+        prune_start=2,
+        prune_end=26,
+        prune_freq=4,
+    )
     plan = make_plan(p, 1.0, steps_per_epoch=100)
     assert plan.total_steps == 3000
     assert [s for s, _ in plan.prune_steps] == [200, 600, 1000, 1400, 1800, 2200, 2600]
@@ -27,7 +35,16 @@ def test_paper_recipe_events():
 
 
 def test_lr_rewinds_at_each_pruning_step():
-    p = PruneConfig(target_sparsity=0.9, epochs=30, init_sparsity=0.7, prune_start=2, prune_end=26, prune_freq=4, lr=8e-5, lr_min=8e-6)
+    p = PruneConfig(
+        target_sparsity=0.9,
+        epochs=30,
+        init_sparsity=0.7,
+        prune_start=2,
+        prune_end=26,
+        prune_freq=4,
+        lr=8e-5,
+        lr_min=8e-6,
+    )
     plan = make_plan(p, 1.0, steps_per_epoch=100)
     assert plan.lr_at(0) == pytest.approx(8e-5)
     assert plan.lr_at(199) == pytest.approx(8e-6, rel=0.05)
@@ -53,13 +70,35 @@ def test_schedule_scales_with_target_sparsity():
 
 
 def test_first_step_is_the_same_share_of_a_lower_target_and_zero_target_has_no_events():
-    p = PruneConfig(target_sparsity=0.5, init_sparsity=0.7, reference_sparsity=0.9, epochs=4, prune_start=1, prune_end=3, prune_freq=1)
+    p = PruneConfig(
+        target_sparsity=0.5,
+        init_sparsity=0.7,
+        reference_sparsity=0.9,
+        epochs=4,
+        prune_start=1,
+        prune_end=3,
+        prune_freq=1,
+    )
     plan = make_plan(p, 1.0, 10)
     assert plan.prune_steps[0] == (10, pytest.approx(0.7 * 0.5 / 0.9))  # not one-shot: 0.39, then cubic to 0.5
     assert plan.prune_steps[-1] == (30, 0.5) and len(plan.prune_steps) == 3
-    high = make_plan(PruneConfig(target_sparsity=0.97, init_sparsity=0.7, reference_sparsity=0.9, epochs=4, prune_start=1, prune_end=3, prune_freq=1), 1.0, 10)
+    high = make_plan(
+        PruneConfig(
+            target_sparsity=0.97,
+            init_sparsity=0.7,
+            reference_sparsity=0.9,
+            epochs=4,
+            prune_start=1,
+            prune_end=3,
+            prune_freq=1,
+        ),
+        1.0,
+        10,
+    )
     assert high.prune_steps[0][1] == 0.7  # at and above the reference: the recipe's first step
-    one_shot = make_plan(PruneConfig(target_sparsity=0.5, init_sparsity=0.7, epochs=4, prune_start=0, prune_end=0, prune_freq=1), 1.0, 10)
+    one_shot = make_plan(
+        PruneConfig(target_sparsity=0.5, init_sparsity=0.7, epochs=4, prune_start=0, prune_end=0, prune_freq=1), 1.0, 10
+    )
     assert one_shot.prune_steps == ((0, 0.5),)
     plan0 = make_plan(PruneConfig(target_sparsity=0.0, epochs=2, prune_start=0, prune_end=1, prune_freq=1), 1.0, 10)
     assert plan0.prune_steps == ()

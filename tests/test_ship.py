@@ -14,7 +14,9 @@ from tests.test_cli import assert_user_error, p2d
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("ship") / "rt"
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--out", out)
+    res = p2d(
+        "run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--out", out
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -27,7 +29,19 @@ def write(path, doc):
 def test_gate_passes_and_writes_junit_and_json(run_dir, tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     acc = report["metrics"]["sparse"]["accuracy"]
-    base = write(tmp_path / "g.yaml", {"gates": [{"match": {"task": "rotten_tomatoes", "target_sparsity": 0.7}, "metric_min": acc - 1, "sparsity_min": 0.69, "latency_ratio_max": {"onnxruntime": 100.0}}]})
+    base = write(
+        tmp_path / "g.yaml",
+        {
+            "gates": [
+                {
+                    "match": {"task": "rotten_tomatoes", "target_sparsity": 0.7},
+                    "metric_min": acc - 1,
+                    "sparsity_min": 0.69,
+                    "latency_ratio_max": {"onnxruntime": 100.0},
+                }
+            ]
+        },
+    )
     res = p2d("gate", run_dir, "--baseline", base, "--junit", tmp_path / "j.xml", "--json", tmp_path / "g.json")
     assert res.returncode == 0, res.stdout + res.stderr
     suite = ET.parse(tmp_path / "j.xml").getroot()
@@ -37,7 +51,19 @@ def test_gate_passes_and_writes_junit_and_json(run_dir, tmp_path):
 
 
 def test_gate_fails_with_exit_1(run_dir, tmp_path):
-    base = write(tmp_path / "g.yaml", {"gates": [{"match": {"task": "rotten_tomatoes"}, "metric_min": 101.0, "sparsity_min": 0.95, "speedup_min": {"onnxruntime": 50.0}}]})
+    base = write(
+        tmp_path / "g.yaml",
+        {
+            "gates": [
+                {
+                    "match": {"task": "rotten_tomatoes"},
+                    "metric_min": 101.0,
+                    "sparsity_min": 0.95,
+                    "speedup_min": {"onnxruntime": 50.0},
+                }
+            ]
+        },
+    )
     res = p2d("gate", run_dir, "--baseline", base, "--junit", tmp_path / "j.xml")
     assert res.returncode == 1
     suite = ET.parse(tmp_path / "j.xml").getroot()

@@ -26,10 +26,24 @@ def _examples():
     from datasets import Dataset
 
     ctx = "Super Bowl 50 was played at Levi's Stadium in Santa Clara, California on February 7, 2016."
-    return Dataset.from_list([
-        {"id": "a", "title": "t", "context": ctx, "question": "Where was Super Bowl 50 played?", "answers": {"text": ["Levi's Stadium"], "answer_start": [ctx.index("Levi's")]}},
-        {"id": "b", "title": "t", "context": ctx, "question": "When was it played?", "answers": {"text": ["February 7, 2016"], "answer_start": [ctx.index("February")]}},
-    ])
+    return Dataset.from_list(
+        [
+            {
+                "id": "a",
+                "title": "t",
+                "context": ctx,
+                "question": "Where was Super Bowl 50 played?",
+                "answers": {"text": ["Levi's Stadium"], "answer_start": [ctx.index("Levi's")]},
+            },
+            {
+                "id": "b",
+                "title": "t",
+                "context": ctx,
+                "question": "When was it played?",
+                "answers": {"text": ["February 7, 2016"], "answer_start": [ctx.index("February")]},
+            },
+        ]
+    )
 
 
 class _Cfg:
@@ -86,6 +100,8 @@ def test_read_squad_json_rejects_truncated_and_answerless(tmp_path):
     bad.write_text('{"data": [{"title": "x", "paragraphs": [')
     with pytest.raises(UserError, match="truncated or corrupt"):
         squad.read_squad_json(bad)
-    bad.write_text('{"data": [{"title": "x", "paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q", "answers": []}]}]}]}')
+    bad.write_text(
+        '{"data": [{"title": "x", "paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q", "answers": []}]}]}]}'  # noqa: E501 - one message/literal
+    )
     with pytest.raises(UserError, match="no answers"):
         squad.read_squad_json(bad)

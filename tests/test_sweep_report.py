@@ -21,13 +21,35 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     model = root / "tiny-bert"
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
-    BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(model)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(model)
     tok.save_pretrained(model)
     h = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
-    rows = [[i % 2, i, i + 1, f"the cat sat on mat number {i}", f"a cat was sitting on mat {i if i % 2 else i + 7}"] for i in range(40)]
+    rows = [
+        [i % 2, i, i + 1, f"the cat sat on mat number {i}", f"a cat was sitting on mat {i if i % 2 else i + 7}"]
+        for i in range(40)
+    ]
     write_tsv(root / "glue" / "MRPC" / "train.tsv", h, rows[:32])
     write_tsv(root / "glue" / "MRPC" / "dev.tsv", h, rows[32:])
-    args = ["sweep", "mrpc", "--profile", "smoke", "--sparsity", "0.5,0.8", "--method", "gmp", "--model", model, "--data-dir", root / "glue", "--root", root / "runs"]
+    args = [
+        "sweep",
+        "mrpc",
+        "--profile",
+        "smoke",
+        "--sparsity",
+        "0.5,0.8",
+        "--method",
+        "gmp",
+        "--model",
+        model,
+        "--data-dir",
+        root / "glue",
+        "--root",
+        root / "runs",
+    ]
     first = p2d(*args)
     records = {p: p.read_text() for p in (root / "runs").glob("mrpc-*/*/stage.json")}
     again = p2d(*args)
@@ -38,10 +60,15 @@ def test_sweep_runs_every_point_and_resumes(sweep):
     root, first, again, records = sweep
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((root / "runs" / "sweep-mrpc-smoke.json").read_text())
-    assert [(p["method"], p["sparsity"], p["status"]) for p in summary["points"]] == [("gmp", 0.5, "done"), ("gmp", 0.8, "done")]
+    assert [(p["method"], p["sparsity"], p["status"]) for p in summary["points"]] == [
+        ("gmp", 0.5, "done"),
+        ("gmp", 0.8, "done"),
+    ]
     for s in ("0.5", "0.8"):
         rep = json.loads((root / "runs" / f"mrpc-gmp-{s}" / "report.json").read_text())
-        assert abs(rep["sparsity"]["encoder"] - float(s)) < 1e-3 and abs(rep["onnx"]["encoder_sparsity"] - float(s)) < 1e-3
+        assert (
+            abs(rep["sparsity"]["encoder"] - float(s)) < 1e-3 and abs(rep["onnx"]["encoder_sparsity"] - float(s)) < 1e-3
+        )
         assert "f1" in rep["metrics"]["sparse"]  # MRPC reports accuracy and F1
     # one teacher trained, reused by the second point (same cache key)
     t1 = json.loads((root / "runs" / "mrpc-gmp-0.5" / "teacher" / "stage.json").read_text())["result"]
@@ -56,8 +83,13 @@ def test_sweep_runs_every_point_and_resumes(sweep):
 
 def test_sweep_bad_input(tmp_path):
     assert_user_error(p2d("sweep", "mrpc", "--sparsity", "0.5,abc", "--root", tmp_path), "expected a number")
-    assert_user_error(p2d("sweep", "mrpc", "--sparsity", "0.5,1.0", "--profile", "smoke", "--data-dir", tmp_path, "--root", tmp_path), "[0, 1)")
-    assert_user_error(p2d("sweep", "mrpc", "--method", "gmp,nope", "--profile", "smoke", "--root", tmp_path), "unknown method 'nope'")
+    assert_user_error(
+        p2d("sweep", "mrpc", "--sparsity", "0.5,1.0", "--profile", "smoke", "--data-dir", tmp_path, "--root", tmp_path),
+        "[0, 1)",
+    )
+    assert_user_error(
+        p2d("sweep", "mrpc", "--method", "gmp,nope", "--profile", "smoke", "--root", tmp_path), "unknown method 'nope'"
+    )
     assert not list(tmp_path.glob("mrpc-*"))
 
 
@@ -81,12 +113,28 @@ def test_report_renders_in_headless_chromium(sweep, tmp_path):
     root, first, *_ = sweep
     out = tmp_path / "report.html"
     assert p2d("report", root / "runs" / "mrpc-gmp-0.5", root / "runs" / "mrpc-gmp-0.8", "--out", out).returncode == 0
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     assert 'data-charts-rendered="3/3"' in dom, dom[-2000:]
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.is_file() and shot.stat().st_size > 10000
 
 

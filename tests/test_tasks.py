@@ -17,22 +17,44 @@ def write_tsv(path, header, rows):
 def mnli_dir(root):
     h = ["index", "promptID", "pairID", "genre", "sentence1", "sentence2", "label1", "gold_label"]
     labels = ["entailment", "neutral", "contradiction"]
-    write_tsv(root / "MNLI" / "train.tsv", h, [[i, 0, 0, "g", f"premise {i}", f"hypothesis {i}", "x", labels[i % 3]] for i in range(30)])
-    write_tsv(root / "MNLI" / "dev_matched.tsv", h, [[i, 0, 0, "g", f"m premise {i}", f"m hyp {i}", "x", labels[i % 3]] for i in range(6)] + [[9, 0, 0, "g", "a", "b", "x", "-"]])
-    write_tsv(root / "MNLI" / "dev_mismatched.tsv", h, [[i, 0, 0, "g", f"mm premise {i}", f"mm hyp {i}", "x", labels[(i + 1) % 3]] for i in range(4)])
+    write_tsv(
+        root / "MNLI" / "train.tsv",
+        h,
+        [[i, 0, 0, "g", f"premise {i}", f"hypothesis {i}", "x", labels[i % 3]] for i in range(30)],
+    )
+    write_tsv(
+        root / "MNLI" / "dev_matched.tsv",
+        h,
+        [[i, 0, 0, "g", f"m premise {i}", f"m hyp {i}", "x", labels[i % 3]] for i in range(6)]
+        + [[9, 0, 0, "g", "a", "b", "x", "-"]],
+    )
+    write_tsv(
+        root / "MNLI" / "dev_mismatched.tsv",
+        h,
+        [[i, 0, 0, "g", f"mm premise {i}", f"mm hyp {i}", "x", labels[(i + 1) % 3]] for i in range(4)],
+    )
     return root
 
 
 def test_every_task_has_a_pipeline_and_declares_its_export():
     for name in task_names():
         t = get_task(name)
-        assert t.metric and t.max_length > 0 and t.output_names and t.export_task in ("text-classification", "question-answering", "multiple-choice")
+        assert (
+            t.metric
+            and t.max_length > 0
+            and t.output_names
+            and t.export_task in ("text-classification", "question-answering", "multiple-choice")
+        )
         load_recipe(name, "default")  # pipelines/<name>.yaml exists and validates
     assert {"sst2", "mnli", "qqp", "qnli", "mrpc", "rte", "bbc_news"} <= set(task_names())
 
 
 def test_mnli_from_glue_layout_with_matched_and_mismatched(tmp_path):
-    recipe = load_recipe("mnli", "smoke", {"data.data_dir": str(mnli_dir(tmp_path)), "data.eval_examples": None, "data.train_examples": None})
+    recipe = load_recipe(
+        "mnli",
+        "smoke",
+        {"data.data_dir": str(mnli_dir(tmp_path)), "data.eval_examples": None, "data.train_examples": None},
+    )
     train, dev, info = get_task("mnli").load(recipe)
     assert len(train) == 30 and set(train["label"]) == {0, 1, 2}
     assert train[0]["text"] == "premise 0" and train[0]["text_pair"] == "hypothesis 0"

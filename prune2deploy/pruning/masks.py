@@ -23,7 +23,9 @@ def _encoder(model: nn.Module) -> nn.Module:
     raise ValueError(f"{type(model).__name__} has no encoder to prune")
 
 
-def prunable_modules(model: nn.Module, include_embeddings: bool = False, include_head: bool = False) -> dict[str, nn.Module]:
+def prunable_modules(
+    model: nn.Module, include_embeddings: bool = False, include_head: bool = False
+) -> dict[str, nn.Module]:
     """Qualified name -> module whose `.weight` is pruned.
 
     Default (paper guideline 1): the encoder's Linear layers only (attention Q/K/V and output,
@@ -137,7 +139,9 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
 
 
 @torch.no_grad()
-def nm_masks(scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+def nm_masks(
+    scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], n: int, m: int
+) -> dict[str, torch.Tensor]:
     """N:M semi-structured masks: in every group of M consecutive weights along the input
     dimension (the last dim of a Linear weight, what sparse tensor cores group), keep the N
     highest-scoring ones. Already-pruned weights rank lowest, so they stay pruned."""
@@ -165,7 +169,11 @@ def check_pattern(masks: dict[str, torch.Tensor], n: int, m: int) -> None:
 
 @torch.no_grad()
 def masks_from_scores(
-    scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], sparsity: float, scope: str, pattern: str | None = None
+    scores: dict[str, torch.Tensor],
+    current: dict[str, torch.Tensor],
+    sparsity: float,
+    scope: str,
+    pattern: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Keep the highest-scoring weights: exactly round(sparsity * n) zeros, globally or per tensor
     (or, with an N:M `pattern`, N of every M consecutive input weights; `sparsity` is then 1 - N/M).

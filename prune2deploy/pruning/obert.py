@@ -17,9 +17,10 @@ weights in it:  dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q,  then the masks are applied
 
 Gradients come from `ctx["gradients"](names)`: an iterable of {name: grad} dicts, one per
 mini-batch gradient (m of them; with several processes each rank yields its share and
-`ctx["sum_across_ranks"]` all-reduces the Fisher sums, so every rank inverts the same F). Layers are processed in chunks that fit `chunk_bytes`; with
-more than one chunk the gradients are computed again for each chunk (time for memory), from
-the same weights: no update is applied before every chunk's update is computed.
+`ctx["sum_across_ranks"]` all-reduces the Fisher sums, so every rank inverts the same F).
+Layers are processed in chunks that fit `chunk_bytes`; with more than one chunk the
+gradients are computed again for each chunk (time for memory), from the same weights: no
+update is applied before every chunk's update is computed.
 """
 
 from __future__ import annotations
@@ -43,14 +44,18 @@ def blocks_of(t: torch.Tensor, block: int) -> torch.Tensor:
     return flat.view(-1, block)
 
 
-def fisher_inverse(grads: Iterable[torch.Tensor], n_blocks: int, block: int, damp: float, m: int, device=None, group: int = 32) -> torch.Tensor:
+def fisher_inverse(
+    grads: Iterable[torch.Tensor], n_blocks: int, block: int, damp: float, m: int, device=None, group: int = 32
+) -> torch.Tensor:
     """Block-diagonal inverse empirical Fisher from m gradients ((n_blocks, block) tensors)."""
     fs = {"w": init_fisher(n_blocks, block, damp, device)}
     accumulate_stream_(fs, ({"w": g} for g in grads), m, group)
     return invert_(fs["w"])
 
 
-def accumulate_stream_(fs: dict[str, torch.Tensor], grads: Iterable[dict[str, torch.Tensor]], m: int, group: int) -> int:
+def accumulate_stream_(
+    fs: dict[str, torch.Tensor], grads: Iterable[dict[str, torch.Tensor]], m: int, group: int
+) -> int:
     """F += g g^T / m for every tensor of `fs`, from a stream of {name: (n_blocks, B)} gradients,
     `group` gradients per batched matmul. Returns how many gradients the stream gave."""
     pending: dict[str, list[torch.Tensor]] = {n: [] for n in fs}
@@ -155,7 +160,12 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
 
     def finv_for(names: list[str]) -> dict[str, torch.Tensor]:
         """Stream the m gradients once, updating every tensor of the chunk."""
-        fs = {n: init_fisher(blocks_of(modules[n].weight, block).shape[0], block, damp if lead else 0.0, modules[n].weight.device) for n in names}
+        fs = {
+            n: init_fisher(
+                blocks_of(modules[n].weight, block).shape[0], block, damp if lead else 0.0, modules[n].weight.device
+            )
+            for n in names
+        }
         count = accumulate_stream_(fs, ({n: blocks_of(g[n], block) for n in names} for g in gradients(names)), m, group)
         if sum_across_ranks is not None:
             for f in fs.values():
@@ -212,14 +222,26 @@ class Settings:
         if modules:
             name, mod = min(modules.items(), key=lambda kv: kv[1].weight.numel())
             if self.block_size > mod.weight.numel():
-                raise UserError(f"prune.options.obert.block_size {self.block_size} is larger than layer {name} ({mod.weight.numel()} weights)")
+                raise UserError(
+                    f"prune.options.obert.block_size {self.block_size} is larger than layer {name} ({mod.weight.numel()} weights)"  # noqa: E501 - one message/literal
+                )
 
 
 class OBert:
     about = "Optimal BERT Surgeon: block-diagonal empirical Fisher saliency + OBS weight update"
     Settings = Settings
 
-    def __init__(self, settings: Settings, scope: str, pattern: str | None, *, gradients, sum_across_ranks=None, rank: int = 0, **_):
+    def __init__(
+        self,
+        settings: Settings,
+        scope: str,
+        pattern: str | None,
+        *,
+        gradients,
+        sum_across_ranks=None,
+        rank: int = 0,
+        **_,
+    ):
         """`gradients(names, salt)`: the stream of mini-batch gradients (`training.gradient_stream`);
         `sum_across_ranks`: an in-place all-reduce with several processes."""
         self.settings, self.scope, self.pattern = settings, scope, pattern
@@ -229,7 +251,16 @@ class OBert:
         s = self.settings
         # fresh gradient batches at every pruning event, seeded by the event's sparsity (a
         # resumed run draws the same ones)
-        ctx = {"pattern": self.pattern, "rank": self.rank, "sum_across_ranks": self.sum_across_ranks,
-               "obert": {"block_size": s.block_size, "num_grads": s.num_grads, "damp": s.damp, "chunk_bytes": s.chunk_mb << 20},
-               "gradients": partial(self.gradients, salt=round(sparsity * 1e6))}
+        ctx = {
+            "pattern": self.pattern,
+            "rank": self.rank,
+            "sum_across_ranks": self.sum_across_ranks,
+            "obert": {
+                "block_size": s.block_size,
+                "num_grads": s.num_grads,
+                "damp": s.damp,
+                "chunk_bytes": s.chunk_mb << 20,
+            },
+            "gradients": partial(self.gradients, salt=round(sparsity * 1e6)),
+        }
         prune_step(modules, sparsity, self.scope, ctx)

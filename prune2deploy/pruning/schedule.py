@@ -1,9 +1,10 @@
 """Sparsity and learning-rate schedules, in optimizer steps, derived from a PruneConfig.
 
 Cubic sparsity (Zhu & Gupta; GMP*, oBERT): a first step to `init_sparsity` (scaled down
-for targets below `reference_sparsity`) at `prune_start`, then s(t) = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3 at every
-`prune_freq` up to `prune_end`; the rest fine-tunes at the target. All times scale with
-the target sparsity (guideline 2). The learning rate decays linearly from `lr` to `lr_min`
+for targets below `reference_sparsity`) at `prune_start`, then
+s(t) = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3 at every `prune_freq` up to
+`prune_end`; the rest fine-tunes at the target. All times scale with the target sparsity
+(guideline 2). The learning rate decays linearly from `lr` to `lr_min`
 and, with `lr_rewind`, rewinds at every pruning step (cyclic linear, as in the oBERT recipe).
 """
 

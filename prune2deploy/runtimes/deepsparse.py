@@ -42,7 +42,12 @@ def _probe() -> str | None:
     if py is None or not py.exists():
         return None
     try:
-        res = subprocess.run([str(py), "-c", "import deepsparse; print(deepsparse.__version__)"], capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [str(py), "-c", "import deepsparse; print(deepsparse.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip() if res.returncode == 0 else None
@@ -64,7 +69,9 @@ def graph_input_names(onnx_path: str | Path) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in init]
 
 
-def bench(onnx_path: str | Path, inputs: dict[str, np.ndarray], threads: int, warmup: int, iters: int, min_time_s: float) -> tuple[list[float], list[np.ndarray]]:
+def bench(
+    onnx_path: str | Path, inputs: dict[str, np.ndarray], threads: int, warmup: int, iters: int, min_time_s: float
+) -> tuple[list[float], list[np.ndarray]]:
     """Compile with the inputs' fixed shapes and time it; returns (times in ms, outputs)."""
     py = python()
     if not available():
@@ -74,13 +81,25 @@ def bench(onnx_path: str | Path, inputs: dict[str, np.ndarray], threads: int, wa
         model = Path(tmp) / "model.onnx"
         shutil.copy2(onnx_path, model)  # DeepSparse overwrites the file it compiles
         np.savez(Path(tmp) / "inputs.npz", **{str(i): inputs[n] for i, n in enumerate(names)})
-        req = {"model": str(model), "inputs": str(Path(tmp) / "inputs.npz"), "threads": threads, "warmup": warmup, "iters": iters, "min_time_s": min_time_s, "out": tmp}
+        req = {
+            "model": str(model),
+            "inputs": str(Path(tmp) / "inputs.npz"),
+            "threads": threads,
+            "warmup": warmup,
+            "iters": iters,
+            "min_time_s": min_time_s,
+            "out": tmp,
+        }
         (Path(tmp) / "req.json").write_text(json.dumps(req))
         env = dict(os.environ, NM_DISABLE_ANALYTICS="1", SPARSEZOO_OFFLINE="1")
-        res = subprocess.run([str(py), str(WORKER), str(Path(tmp) / "req.json")], capture_output=True, text=True, env=env, timeout=1800)
+        res = subprocess.run(
+            [str(py), str(WORKER), str(Path(tmp) / "req.json")], capture_output=True, text=True, env=env, timeout=1800
+        )
         log = res.stdout + res.stderr
         if any(m in log for m in FALLBACK_MARKERS):
-            raise RuntimeError(f"DeepSparse fell back to its ONNX Runtime path (log: '{next(ln for ln in log.splitlines() if any(m in ln for m in FALLBACK_MARKERS)).strip()[:200]}'); not timing it")
+            raise RuntimeError(
+                f"DeepSparse fell back to its ONNX Runtime path (log: '{next(ln for ln in log.splitlines() if any(m in ln for m in FALLBACK_MARKERS)).strip()[:200]}'); not timing it"  # noqa: E501 - one message/literal
+            )
         if res.returncode != 0:
             tail = [ln for ln in log.strip().splitlines() if ln.strip()][-1:] or ["no output"]
             raise RuntimeError(f"DeepSparse worker failed: {tail[0][:300]}")

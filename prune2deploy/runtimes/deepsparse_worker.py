@@ -39,7 +39,14 @@ def main() -> None:
             break
     np.savez(f"{req['out']}/outputs.npz", **{str(i): o for i, o in enumerate(outputs)})
     with open(f"{req['out']}/result.json", "w") as f:
-        json.dump({"times_ms": times, "engine": str(engine).splitlines()[0][:200], "version": __import__("deepsparse").__version__}, f)
+        json.dump(
+            {
+                "times_ms": times,
+                "engine": str(engine).splitlines()[0][:200],
+                "version": __import__("deepsparse").__version__,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ def bench(onnx_path, inputs, threads, warmup, iters, min_time_s, name: str = NAM
 
 
 RUNTIMES = [
-    Runtime(n, "fp32", "onnx", partial(available, n), version, partial(bench, name=n), device="cpu" if n == NAME else "cuda")
+    Runtime(
+        n, "fp32", "onnx", partial(available, n), version, partial(bench, name=n), device="cpu" if n == NAME else "cuda"
+    )
     for n in PROVIDERS
 ]

@@ -29,13 +29,19 @@ def version() -> str:
     return openvino.get_version()
 
 
-def bench(onnx_path, inputs, threads, warmup, iters, min_time_s, precision: str = "f32", sparse_rate: float | None = None):
+def bench(
+    onnx_path, inputs, threads, warmup, iters, min_time_s, precision: str = "f32", sparse_rate: float | None = None
+):
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(onnx_path))
     model.reshape({p.get_any_name(): list(inputs[p.get_any_name()].shape) for p in model.inputs})  # fixed shapes
-    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": int(threads),
+        "PERFORMANCE_HINT": "LATENCY",
+    }
     if sparse_rate is not None:
         config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(sparse_rate)
     compiled = core.compile_model(model, "CPU", config)

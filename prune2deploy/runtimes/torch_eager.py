@@ -46,5 +46,7 @@ def bench(model_dir, inputs, threads, warmup, iters, min_time_s, device: str = "
 
 RUNTIMES = [
     Runtime("torch", "fp32", "hf", available, version, partial(bench, device="cpu")),
-    Runtime("torch-cuda", "fp32", "hf", partial(available, "cuda"), version, partial(bench, device="cuda"), device="cuda"),
+    Runtime(
+        "torch-cuda", "fp32", "hf", partial(available, "cuda"), version, partial(bench, device="cuda"), device="cuda"
+    ),
 ]

@@ -63,7 +63,10 @@ def load_baseline(path: str | Path) -> list[dict]:
             if k in g and (isinstance(g[k], bool) or not isinstance(g[k], (int, float))):
                 raise UserError(f"{where}.{k}: expected a number, got {g[k]!r}")
         for k in ("latency_ratio_max", "speedup_min"):
-            if k in g and (not isinstance(g[k], dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in g[k].values())):
+            if k in g and (
+                not isinstance(g[k], dict)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in g[k].values())
+            ):
                 raise UserError(f"{where}.{k}: expected a mapping runtime -> number")
     return doc["gates"]
 
@@ -83,7 +86,12 @@ def _pairs(rows: list[dict]):
     for r in rows:
         if r["model"] != "sparse":
             continue
-        same = lambda x, rt: x["model"] == "dense" and x["runtime"] == rt and x["batch_size"] == r["batch_size"] and x["seq_len"] == r["seq_len"]  # noqa: E731
+        same = lambda x, rt: (
+            x["model"] == "dense"
+            and x["runtime"] == rt
+            and x["batch_size"] == r["batch_size"]
+            and x["seq_len"] == r["seq_len"]
+        )  # noqa: E731
         dense = next((x for x in rows if same(x, r["runtime"])), None)
         ort = next((x for x in rows if same(x, "onnxruntime")), None)
         yield r, dense, ort
@@ -95,13 +103,31 @@ def evaluate(report: dict, gate: dict) -> list[Check]:
     sparse = (report.get("metrics") or {}).get("sparse", {}).get(metric)
     dense = (report.get("metrics") or {}).get("dense", {}).get(metric)
     if "metric_min" in gate:
-        checks.append(Check(f"{metric} (sparse)", sparse, gate["metric_min"], ">=", sparse is not None and sparse >= gate["metric_min"]))
+        checks.append(
+            Check(
+                f"{metric} (sparse)",
+                sparse,
+                gate["metric_min"],
+                ">=",
+                sparse is not None and sparse >= gate["metric_min"],
+            )
+        )
     if "metric_max_drop" in gate:
         drop = (1 - sparse / dense) if sparse is not None and dense else None
-        checks.append(Check(f"{metric} drop vs dense", drop, gate["metric_max_drop"], "<=", drop is not None and drop <= gate["metric_max_drop"]))
+        checks.append(
+            Check(
+                f"{metric} drop vs dense",
+                drop,
+                gate["metric_max_drop"],
+                "<=",
+                drop is not None and drop <= gate["metric_max_drop"],
+            )
+        )
     if "sparsity_min" in gate:
         s = (report.get("onnx") or {}).get("encoder_sparsity")
-        checks.append(Check("encoder sparsity (ONNX)", s, gate["sparsity_min"], ">=", s is not None and s >= gate["sparsity_min"]))
+        checks.append(
+            Check("encoder sparsity (ONNX)", s, gate["sparsity_min"], ">=", s is not None and s >= gate["sparsity_min"])
+        )
     rows = report.get("bench") or []
     for rt, bound in (gate.get("latency_ratio_max") or {}).items():
         found = False
@@ -110,7 +136,9 @@ def evaluate(report: dict, gate: dict) -> list[Check]:
                 continue
             found = True
             ratio = r["p50_ms"] / d["p50_ms"]
-            checks.append(Check(f"p50 sparse/dense {rt} b{r['batch_size']} s{r['seq_len']}", ratio, bound, "<=", ratio <= bound))
+            checks.append(
+                Check(f"p50 sparse/dense {rt} b{r['batch_size']} s{r['seq_len']}", ratio, bound, "<=", ratio <= bound)
+            )
         if not found:
             checks.append(Check(f"p50 sparse/dense {rt}", None, bound, "<=", False, "no bench rows for this runtime"))
     for rt, bound in (gate.get("speedup_min") or {}).items():
@@ -120,19 +148,30 @@ def evaluate(report: dict, gate: dict) -> list[Check]:
                 continue
             found = True
             sp = o["p50_ms"] / r["p50_ms"]
-            checks.append(Check(f"speedup vs dense ORT {rt} b{r['batch_size']} s{r['seq_len']}", sp, bound, ">=", sp >= bound))
+            checks.append(
+                Check(f"speedup vs dense ORT {rt} b{r['batch_size']} s{r['seq_len']}", sp, bound, ">=", sp >= bound)
+            )
         if not found:
-            checks.append(Check(f"speedup vs dense ORT {rt}", None, bound, ">=", False, "no bench rows for this runtime"))
+            checks.append(
+                Check(f"speedup vs dense ORT {rt}", None, bound, ">=", False, "no bench rows for this runtime")
+            )
     return checks
 
 
 def junit_xml(checks: list[Check], suite: str) -> str:
     failures = sum(not c.passed for c in checks)
-    out = ['<?xml version="1.0" encoding="UTF-8"?>', f'<testsuite name="{escape(suite)}" tests="{len(checks)}" failures="{failures}">']
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuite name="{escape(suite)}" tests="{len(checks)}" failures="{failures}">',
+    ]
     for c in checks:
         out.append(f'  <testcase classname="p2d.gate" name="{escape(c.name)}">')
         if not c.passed:
-            msg = f"{c.value} {'<' if c.kind == '>=' else '>'} bound {c.bound}" if c.value is not None else (c.detail or "missing value")
+            msg = (
+                f"{c.value} {'<' if c.kind == '>=' else '>'} bound {c.bound}"
+                if c.value is not None
+                else (c.detail or "missing value")
+            )
             out.append(f'    <failure message="{escape(msg, {chr(34): "&quot;"})}"/>')
         out.append("  </testcase>")
     out.append("</testsuite>")

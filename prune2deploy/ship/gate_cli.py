@@ -32,13 +32,18 @@ def run(run_dir: Path, baseline: Path, junit: Path | None, json_out: Path | None
         table.add_column(col)
     for c in checks:
         value = "-" if c.value is None else f"{c.value:.4g}"
-        table.add_row(c.name, value, f"{c.kind} {c.bound:g}", "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {c.detail}")
+        table.add_row(
+            c.name, value, f"{c.kind} {c.bound:g}", "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {c.detail}"
+        )
     Console().print(table)
     if junit:
         Path(junit).parent.mkdir(parents=True, exist_ok=True)
         Path(junit).write_text(G.junit_xml(checks, f"p2d-gate-{report.get('task')}"))
     if json_out:
-        write_json_atomic(json_out, {"run_dir": str(run_dir), "passed": all(c.passed for c in checks), "checks": [asdict(c) for c in checks]})
+        write_json_atomic(
+            json_out,
+            {"run_dir": str(run_dir), "passed": all(c.passed for c in checks), "checks": [asdict(c) for c in checks]},
+        )
     if not checks:
         raise UserError(f"{baseline}: the matching gate has no checks")
     return sum(not c.passed for c in checks)

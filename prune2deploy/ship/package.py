@@ -22,13 +22,23 @@ from .. import __version__
 from ..errors import UserError
 from ..files import hash_dir, read_json, write_json_atomic
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json", "config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "vocab.json",
+    "config.json",
+)
 ONNX_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 10: "TYPE_FP16", 9: "TYPE_BOOL"}
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -60,11 +70,25 @@ def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch:
             parts.append(f'  {{\n    name: "{it["name"]}"\n    data_type: {it["dtype"]}\n    dims: [ {dims} ]\n  }}')
         return f"{kind} [\n" + ",\n".join(parts) + "\n]"
 
-    return "\n".join([f'name: "{name}"', 'backend: "onnxruntime"', f"max_batch_size: {max_batch}", block("input", inputs), block("output", outputs),
-                      "instance_group [ { kind: KIND_CPU } ]", "dynamic_batching { }"]) + "\n"
+    return (
+        "\n".join(
+            [
+                f'name: "{name}"',
+                'backend: "onnxruntime"',
+                f"max_batch_size: {max_batch}",
+                block("input", inputs),
+                block("output", outputs),
+                "instance_group [ { kind: KIND_CPU } ]",
+                "dynamic_batching { }",
+            ]
+        )
+        + "\n"
+    )
 
 
-def reference_outputs(onnx_path: Path, export_dir: Path, task, dev, n: int = 4, seq: int = 128) -> dict[str, np.ndarray]:
+def reference_outputs(
+    onnx_path: Path, export_dir: Path, task, dev, n: int = 4, seq: int = 128
+) -> dict[str, np.ndarray]:
     from ..models import load_tokenizer
     from ..runtimes import onnxruntime as ort_rt
 
@@ -80,22 +104,40 @@ def model_card(report: dict, name: str) -> str:
     metric = report.get("metric")
     d, s = report["metrics"]["dense"], report["metrics"]["sparse"]
     lines = [
-        f"# {name}", "",
-        f"A {report['target_sparsity']:.0%}-sparse ({report['method']}) encoder of `{report['model']}` fine-tuned for **{report['task']}**, made by prune2deploy {__version__} ({report['profile']} profile).",
-        "Embeddings and the task head are dense; the encoder's Linear weights are pruned.", "",
-        "## Data", "", f"- train: {report['data'].get('train')}", f"- eval: {report['data'].get('eval')}", "",
-        "## Results", "", "| | dense | sparse |", "|---|---|---|",
+        f"# {name}",
+        "",
+        f"A {report['target_sparsity']:.0%}-sparse ({report['method']}) encoder of `{report['model']}` fine-tuned for **{report['task']}**, made by prune2deploy {__version__} ({report['profile']} profile).",  # noqa: E501 - one message/literal
+        "Embeddings and the task head are dense; the encoder's Linear weights are pruned.",
+        "",
+        "## Data",
+        "",
+        f"- train: {report['data'].get('train')}",
+        f"- eval: {report['data'].get('eval')}",
+        "",
+        "## Results",
+        "",
+        "| | dense | sparse |",
+        "|---|---|---|",
     ]
     for key in sorted(set(d) & set(s)):
         if isinstance(d[key], float):
             lines.append(f"| {key} | {d[key]:.2f} | {s[key]:.2f} |")
-    lines += ["", f"Encoder sparsity (verified in the ONNX graph): {report['onnx'].get('encoder_sparsity', 0):.4f}", "",
-              "| runtime | precision | model | batch | seq | p50 ms | p90 ms | items/s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Encoder sparsity (verified in the ONNX graph): {report['onnx'].get('encoder_sparsity', 0):.4f}",
+        "",
+        "| runtime | precision | model | batch | seq | p50 ms | p90 ms | items/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report.get("bench") or []:
         if "p50_ms" not in r:
-            lines.append(f"| {r['runtime']} | {r.get('precision', '')} | {r['model']} | {r['batch_size']} | {r['seq_len']} | failed: {r.get('error', '')[:60]} | | |")
+            lines.append(
+                f"| {r['runtime']} | {r.get('precision', '')} | {r['model']} | {r['batch_size']} | {r['seq_len']} | failed: {r.get('error', '')[:60]} | | |"  # noqa: E501 - one message/literal
+            )
             continue
-        lines.append(f"| {r['runtime']} | {r.get('precision', '')} | {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput']:.1f} |")
+        lines.append(
+            f"| {r['runtime']} | {r.get('precision', '')} | {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput']:.1f} |"  # noqa: E501 - one message/literal
+        )
     lines += ["", f"Primary metric: {metric}. Verify this artifact with `p2d verify <dir>`.", ""]
     return "\n".join(lines)
 
@@ -114,7 +156,10 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
     report = read_json(report_path)
     export_rec = read_json(export_dir / "stage.json")["result"]
     source = export_dir / "model.onnx"
-    initializers = {k: {"onnx_name": v["onnx_name"], "zeros": v["onnx_zeros"], "numel": v["numel"]} for k, v in export_rec["per_tensor"].items()}
+    initializers = {
+        k: {"onnx_name": v["onnx_name"], "zeros": v["onnx_zeros"], "numel": v["numel"]}
+        for k, v in export_rec["per_tensor"].items()
+    }
     encoder_sparsity = export_rec["encoder_sparsity"]
     if int8:  # the sparse INT8 graph of the quantize stage, with its own verified zero counts
         qjson = run_dir / "quantize" / "quantize.json"
@@ -123,10 +168,19 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
             raise UserError(f"{run_dir}: no INT8 model; run with --quantize int8 first")
         source = run_dir / "quantize" / "model.int8.onnx"
         qt = q["zeros"]["tensors"]
-        initializers = {k: {"onnx_name": f"{v['onnx_name']}_quantized", "zeros": qt[v["onnx_name"]]["zeros_int8"], "numel": v["numel"]}
-                        for k, v in initializers.items() if v["onnx_name"] in qt}
+        initializers = {
+            k: {
+                "onnx_name": f"{v['onnx_name']}_quantized",
+                "zeros": qt[v["onnx_name"]]["zeros_int8"],
+                "numel": v["numel"],
+            }
+            for k, v in initializers.items()
+            if v["onnx_name"] in qt
+        }
         encoder_sparsity = q["zeros"]["encoder_sparsity_int8"]
-    name = name or f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}" + ("-int8" if int8 else "")
+    name = name or f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}" + (
+        "-int8" if int8 else ""
+    )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --out")
@@ -148,23 +202,35 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
             (tmp / f"model_repository/{name}/config.pbtxt").write_text(triton_config(name, inputs, outputs))
             if task.deepsparse_task:
                 (tmp / "deepsparse_server.yaml").write_text(
-                    f"# DeepSparse server (community licence, non-production): deepsparse.server --config_file deepsparse_server.yaml\n"
+                    f"# DeepSparse server (community licence, non-production): deepsparse.server --config_file deepsparse_server.yaml\n"  # noqa: E501 - one message/literal
                     f"endpoints:\n  - task: {task.deepsparse_task}\n"
-                    f"    model: {model_rel}\n    batch_size: 1\n    kwargs: {{sequence_length: 128}}\n")
+                    f"    model: {model_rel}\n    batch_size: 1\n    kwargs: {{sequence_length: 128}}\n"
+                )
         _, dev, _ = task.load(recipe)
         np.savez(tmp / "samples.npz", **reference_outputs(tmp / model_rel, export_dir, task, dev))
         (tmp / "README.md").write_text(model_card(report, name))
         from ..run import versions
 
         manifest = {
-            "name": name, "format": fmt, "model": model_rel,
-            "prune2deploy": __version__, "git_commit": git_commit(), "versions": versions(),
-            "task": recipe.task, "metric": report.get("metric"), "metrics": report["metrics"],
-            "target_sparsity": recipe.prune.target_sparsity, "encoder_sparsity": encoder_sparsity, "precision": "int8" if int8 else "fp32",
+            "name": name,
+            "format": fmt,
+            "model": model_rel,
+            "prune2deploy": __version__,
+            "git_commit": git_commit(),
+            "versions": versions(),
+            "task": recipe.task,
+            "metric": report.get("metric"),
+            "metrics": report["metrics"],
+            "target_sparsity": recipe.prune.target_sparsity,
+            "encoder_sparsity": encoder_sparsity,
+            "precision": "int8" if int8 else "fp32",
             "per_layer_sparsity": report["sparsity"]["per_layer"],
             "onnx_initializers": initializers,
             "quantize": report.get("quantize"),
-            "inputs": inputs, "outputs": outputs, "bench": report.get("bench"), "recipe": recipe.to_dict(),
+            "inputs": inputs,
+            "outputs": outputs,
+            "bench": report.get("bench"),
+            "recipe": recipe.to_dict(),
             "reference": {"file": "samples.npz", "atol": 1e-4},
             "files": hash_dir(tmp),
         }

@@ -63,7 +63,9 @@ def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
         total += rec["numel"]
     if total and abs(zeros / total - manifest["encoder_sparsity"]) > 1e-9:
         return f"encoder sparsity {zeros / total:.6f} != manifest {manifest['encoder_sparsity']:.6f}", passed
-    passed.append(f"encoder sparsity {manifest['encoder_sparsity']:.4f} over {len(manifest.get('onnx_initializers') or {})} tensors")
+    passed.append(
+        f"encoder sparsity {manifest['encoder_sparsity']:.4f} over {len(manifest.get('onnx_initializers') or {})} tensors"  # noqa: E501 - one message/literal
+    )
 
     from ..runtimes import onnxruntime as ort_rt
 

@@ -40,7 +40,12 @@ def run(ctx: StageContext) -> dict:
         ref = str(ctx.run_dir / qat["model_dir"]) if qat.get("model_dir") else sparse_dir
         models["sparse-int8"] = {"onnx": ctx.path("quantize", "path"), "hf": None, "ref": ref, "precision": "int8"}
         if q.get("dense_path"):  # the dense model quantized the same way: a "best dense" candidate
-            models["dense-int8"] = {"onnx": ctx.path("quantize", "dense_path"), "hf": None, "ref": dense_dir, "precision": "int8"}
+            models["dense-int8"] = {
+                "onnx": ctx.path("quantize", "dense_path"),
+                "hf": None,
+                "ref": dense_dir,
+                "precision": "int8",
+            }
     cache: dict = {}
 
     def inputs_for(b, s):
@@ -48,8 +53,19 @@ def run(ctx: StageContext) -> dict:
             cache[(b, s)] = task.encode(tokenizer, samples, b, s)
         return cache[(b, s)]
 
-    rows, skipped = bench_models(models, inputs_for, recipe.bench, threads, task.auto_class, lambda label, x: reference_outputs(models[label].get("ref") or models[label]["hf"], task.auto_class, x))
+    rows, skipped = bench_models(
+        models,
+        inputs_for,
+        recipe.bench,
+        threads,
+        task.auto_class,
+        lambda label, x: reference_outputs(models[label].get("ref") or models[label]["hf"], task.auto_class, x),
+    )
     write_json_atomic(out / "bench.json", rows)
     (out / "bench.md").write_text(markdown(rows))
-    chart(rows, out / "bench.png", f"{recipe.task} · {recipe.prune.method} {recipe.prune.target_sparsity:g} · {threads} threads")
+    chart(
+        rows,
+        out / "bench.png",
+        f"{recipe.task} · {recipe.prune.method} {recipe.prune.target_sparsity:g} · {threads} threads",
+    )
     return {"rows": rows, "threads": threads, "skipped_runtimes": skipped, "load": loadavg(), "cpu": cpu_info()}

@@ -50,7 +50,9 @@ def run(ctx: StageContext) -> dict:
     diffs["dense"] = parity(dense, out / "dense.onnx", inputs, recipe.threads)
     for name, diff in diffs.items():
         if not diff <= recipe.export.atol:
-            raise VerificationError(f"export: {name} ONNX outputs differ from PyTorch by {diff:.2e} > atol {recipe.export.atol:g}")
+            raise VerificationError(
+                f"export: {name} ONNX outputs differ from PyTorch by {diff:.2e} > atol {recipe.export.atol:g}"
+            )
     return {
         "path": "export/model.onnx",
         "dense_path": "export/dense.onnx",
@@ -59,7 +61,15 @@ def run(ctx: StageContext) -> dict:
         "mask_sparsity": report["mask_sparsity"],
         "tensors_verified": len(report["tensors"]),
         "pattern": recipe.prune.pattern,
-        "per_tensor": {t["torch_name"]: {"onnx_name": t["onnx_name"], "onnx_zeros": t["onnx_zeros"], "mask_zeros": t["mask_zeros"], "numel": t["numel"]} for t in report["tensors"]},
+        "per_tensor": {
+            t["torch_name"]: {
+                "onnx_name": t["onnx_name"],
+                "onnx_zeros": t["onnx_zeros"],
+                "mask_zeros": t["mask_zeros"],
+                "numel": t["numel"],
+            }
+            for t in report["tensors"]
+        },
         "max_abs_diff": max(diffs.values()),
         "max_abs_diff_dense": diffs["dense"],
         "atol": recipe.export.atol,

@@ -37,9 +37,18 @@ def run(ctx: StageContext) -> dict:
     teacher_dir = ctx.result("teacher")["model_dir"]
     tokenizer = load_tokenizer(teacher_dir)
     teacher = load_teacher(ctx, task)
-    student = load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
+    student = load_model(
+        teacher_dir if p.init_from == "teacher" else base_model,
+        task.auto_class,
+        task.num_labels,
+        recipe.attention_dropout,
+    )
 
-    data_recipe = recipe if p.train_examples is None else replace(recipe, data=replace(recipe.data, train_examples=p.train_examples))
+    data_recipe = (
+        recipe
+        if p.train_examples is None
+        else replace(recipe, data=replace(recipe.data, train_examples=p.train_examples))
+    )
     features, _, data_info = train_data(data_recipe, task, tokenizer)
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
     M.attach_masks(modules)
@@ -54,20 +63,52 @@ def run(ctx: StageContext) -> dict:
     if nm:
         odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % nm[1]), None)
         if odd:
-            raise UserError(f"--pattern {p.pattern}: {odd} has input dim {modules[odd].weight.shape[-1]}, not a multiple of {nm[1]}")
+            raise UserError(
+                f"--pattern {p.pattern}: {odd} has input dim {modules[odd].weight.shape[-1]}, not a multiple of {nm[1]}"
+            )
     # what a method may need, as named resources: a stream of training-loss gradients and an
     # all-reduce (methods that need neither ignore them)
     gradients = None
     if hasattr(settings, "num_grads"):
-        gradients = gradient_stream(student, features, tokenizer, modules, settings.num_grads, settings.grad_batch_size, teacher=kd_teacher,
-                                    kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness, precision=recipe.precision, seed=recipe.seed,
-                                    description=f"{p.method} gradients", rank=D.rank(), world=D.world_size())
-    method = get_method(p.method)(settings, p.scope, p.pattern, gradients=gradients, sum_across_ranks=D.sum_ if D.active() else None, rank=D.rank())
+        gradients = gradient_stream(
+            student,
+            features,
+            tokenizer,
+            modules,
+            settings.num_grads,
+            settings.grad_batch_size,
+            teacher=kd_teacher,
+            kd_temperature=p.kd_temperature,
+            kd_hardness=p.kd_hardness,
+            precision=recipe.precision,
+            seed=recipe.seed,
+            description=f"{p.method} gradients",
+            rank=D.rank(),
+            world=D.world_size(),
+        )
+    method = get_method(p.method)(
+        settings,
+        p.scope,
+        p.pattern,
+        gradients=gradients,
+        sum_across_ranks=D.sum_ if D.active() else None,
+        rank=D.rank(),
+    )
     cfg = FitConfig(
-        total_steps=plan.total_steps, batch_size=p.batch_size, lr_at=plan.lr_at, weight_decay=p.weight_decay,
-        precision=recipe.precision, seed=recipe.seed, kd_temperature=p.kd_temperature, kd_hardness=p.kd_hardness,
-        group_by_length=recipe.data.group_by_length, prune_events=dict(plan.prune_steps), description=f"prune {p.method} → {p.target_sparsity:g}",
-        checkpoint=checkpoint_path(ctx.run_dir, "prune"), checkpoint_every=recipe.checkpoint_every, checkpoint_tag=ctx.key,
+        total_steps=plan.total_steps,
+        batch_size=p.batch_size,
+        lr_at=plan.lr_at,
+        weight_decay=p.weight_decay,
+        precision=recipe.precision,
+        seed=recipe.seed,
+        kd_temperature=p.kd_temperature,
+        kd_hardness=p.kd_hardness,
+        group_by_length=recipe.data.group_by_length,
+        prune_events=dict(plan.prune_steps),
+        description=f"prune {p.method} → {p.target_sparsity:g}",
+        checkpoint=checkpoint_path(ctx.run_dir, "prune"),
+        checkpoint_every=recipe.checkpoint_every,
+        checkpoint_tag=ctx.key,
     )
     train_log = fit(student, features, tokenizer, cfg, teacher=kd_teacher, modules=modules, prune_fn=method.prune_step)
 
@@ -95,7 +136,12 @@ def run(ctx: StageContext) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "prune_steps": [list(e) for e in plan.prune_steps],
         "data": data_info,
-        "sparsity": {"encoder": report["overall"], "zeros": report["zeros"], "total": report["total"], "per_layer": layer_sparsity(masks)},
+        "sparsity": {
+            "encoder": report["overall"],
+            "zeros": report["zeros"],
+            "total": report["total"],
+            "per_layer": layer_sparsity(masks),
+        },
         "model_dir": "prune/model",
         "masks": "prune/masks.safetensors",
     }

@@ -45,12 +45,18 @@ def run(ctx: StageContext) -> dict:
     _, dev, _ = task.load(recipe)
     tokenizer = load_tokenizer(str(export_dir))
     qat_info = None
-    checked = [t["onnx_name"] for t in ctx.result("export")["per_tensor"].values() if t.get("onnx_name") and "[" not in t["onnx_name"]]
+    checked = [
+        t["onnx_name"]
+        for t in ctx.result("export")["per_tensor"].values()
+        if t.get("onnx_name") and "[" not in t["onnx_name"]
+    ]
     if recipe.export.qat_epochs > 0:  # fine-tune with fake INT8, re-export, quantize that graph
         from .. import qat
         from .common import load_teacher, prune_masks
 
-        qat_info, checked = qat.finetune(recipe, task, load_teacher(ctx, task), ctx.path("prune", "model_dir"), prune_masks(ctx), out)
+        qat_info, checked = qat.finetune(
+            recipe, task, load_teacher(ctx, task), ctx.path("prune", "model_dir"), prune_masks(ctx), out
+        )
         fp32 = out / "model.qat.onnx"
     # the dense graph is quantized the same way, on the same calibration data: a dense INT8
     # model is what a user could ship without pruning, so it belongs among the "best dense"
@@ -62,16 +68,32 @@ def run(ctx: StageContext) -> dict:
         if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
             shutil.copy2(f, out / f.name)
     zeros = check_zeros_kept(fp32, out / "model.int8.onnx", checked)
-    log(f"quantize: {len(checked)} encoder weights INT8, zeros kept; sparsity {zeros['encoder_sparsity_int8']:.4f} (+{zeros['extra_zeros_from_rounding']} zeros from rounding)")
+    log(
+        f"quantize: {len(checked)} encoder weights INT8, zeros kept; sparsity {zeros['encoder_sparsity_int8']:.4f} (+{zeros['extra_zeros_from_rounding']} zeros from rounding)"  # noqa: E501 - one message/literal
+    )
 
     threads = recipe.threads or torch.get_num_threads()
     metrics = {}
-    graphs = [("sparse_int8", out / "model.int8.onnx"), ("sparse_fp32_onnx", ctx.path("export", "path")), ("dense_int8", out / "dense.int8.onnx")]
+    graphs = [
+        ("sparse_int8", out / "model.int8.onnx"),
+        ("sparse_fp32_onnx", ctx.path("export", "path")),
+        ("dense_int8", out / "dense.int8.onnx"),
+    ]
     if qat_info:
         graphs.append(("sparse_qat_fp32_onnx", fp32))
     for label, path in graphs:
-        m, _ = task.evaluate(OnnxAsModel(path, threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}")
+        m, _ = task.evaluate(
+            OnnxAsModel(path, threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}"
+        )
         metrics[label] = m
     write_json_atomic(out / "quantize.json", {"quantize": mode, "zeros": zeros, "metrics": metrics, "qat": qat_info})
-    return {"quantize": mode, "path": "quantize/model.int8.onnx", "dense_path": "quantize/dense.int8.onnx", "metrics": metrics, "encoder_sparsity_int8": zeros["encoder_sparsity_int8"],
-            "extra_zeros_from_rounding": zeros["extra_zeros_from_rounding"], "tensors": len(checked), "qat": qat_info}
+    return {
+        "quantize": mode,
+        "path": "quantize/model.int8.onnx",
+        "dense_path": "quantize/dense.int8.onnx",
+        "metrics": metrics,
+        "encoder_sparsity_int8": zeros["encoder_sparsity_int8"],
+        "extra_zeros_from_rounding": zeros["extra_zeros_from_rounding"],
+        "tensors": len(checked),
+        "qat": qat_info,
+    }

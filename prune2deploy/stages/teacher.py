@@ -46,7 +46,12 @@ def run(ctx: StageContext) -> dict:
         if hash_dir(cache / "model") == info.get("files"):
             log(f"[dim]teacher: reusing cached {cache}[/dim]")
             write_json_atomic(out / "teacher.json", info)
-            return {**info["result"], "model_dir": str(cache / "model"), "cached": True, "_external": {str(cache / "model"): info["files"]}}
+            return {
+                **info["result"],
+                "model_dir": str(cache / "model"),
+                "cached": True,
+                "_external": {str(cache / "model"): info["files"]},
+            }
     D.barrier()  # several processes: every rank has looked at the cache before rank 0 replaces it
 
     tokenizer = load_tokenizer(base_model)
@@ -62,11 +67,28 @@ def run(ctx: StageContext) -> dict:
         return t.lr + (t.lr_min - t.lr) * (step - warm) / max(1, total - warm)
 
     ckpt = cache.with_name(cache.name + ".ckpt.pt")
-    cfg = FitConfig(total_steps=total, batch_size=t.batch_size, lr_at=lr_at, weight_decay=t.weight_decay, precision=recipe.precision, seed=recipe.seed, description="teacher",
-                    group_by_length=recipe.data.group_by_length,
-                    checkpoint=ckpt, checkpoint_every=recipe.checkpoint_every, checkpoint_tag=cache.name)
+    cfg = FitConfig(
+        total_steps=total,
+        batch_size=t.batch_size,
+        lr_at=lr_at,
+        weight_decay=t.weight_decay,
+        precision=recipe.precision,
+        seed=recipe.seed,
+        description="teacher",
+        group_by_length=recipe.data.group_by_length,
+        checkpoint=ckpt,
+        checkpoint_every=recipe.checkpoint_every,
+        checkpoint_tag=cache.name,
+    )
     train_log = fit(model, features, tokenizer, cfg)
-    result = {"base_model": base_model, "trained": True, "steps": total, "steps_per_epoch": steps_per_epoch, "data": data_info, "final_loss": train_log["losses"][-1]["loss"] if train_log["losses"] else None}
+    result = {
+        "base_model": base_model,
+        "trained": True,
+        "steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "data": data_info,
+        "final_loss": train_log["losses"][-1]["loss"] if train_log["losses"] else None,
+    }
     if D.is_main():  # one writer of the shared cache
         tmp = cache.with_name(cache.name + ".tmp")
         if tmp.exists():
@@ -83,4 +105,9 @@ def run(ctx: StageContext) -> dict:
     D.barrier()
     info = read_json(meta)
     write_json_atomic(out / "teacher.json", info)
-    return {**result, "model_dir": str(cache / "model"), "cached": False, "_external": {str(cache / "model"): info["files"]}}
+    return {
+        **result,
+        "model_dir": str(cache / "model"),
+        "cached": False,
+        "_external": {str(cache / "model"): info["files"]},
+    }

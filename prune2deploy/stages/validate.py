@@ -23,11 +23,20 @@ def run(ctx: StageContext) -> dict:
     dense_dir = ctx.result("teacher")["model_dir"]
     sparse_dir = str(ctx.path("prune", "model_dir"))
     metrics = {}
-    for label, model_dir, fname in (("dense", dense_dir, "predictions_dense.json"), ("sparse", sparse_dir, "predictions.json")):
+    for label, model_dir, fname in (
+        ("dense", dense_dir, "predictions_dense.json"),
+        ("sparse", sparse_dir, "predictions.json"),
+    ):
         tokenizer = load_tokenizer(model_dir)
         model = load_model(model_dir, task.auto_class, task.num_labels)
         m, predictions = task.evaluate(model, tokenizer, dev, recipe.data, description=f"eval {label}")
         metrics[label] = m
         write_json_atomic(out / fname, predictions)
     d, s = metrics["dense"][task.metric], metrics["sparse"][task.metric]
-    return {"metric": task.metric, "dense": metrics["dense"], "sparse": metrics["sparse"], "retained": round(s / d, 4) if d else None, "data": info}
+    return {
+        "metric": task.metric,
+        "dense": metrics["dense"],
+        "sparse": metrics["sparse"],
+        "retained": round(s / d, 4) if d else None,
+        "data": info,
+    }

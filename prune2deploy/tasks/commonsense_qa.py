@@ -77,14 +77,23 @@ def _find(root: Path, names: tuple[str, ...]) -> Path:
 def load(recipe):
     def hub():
         ds = load_hub("commonsense_qa", offline_hint="pass --data-dir with the JSONL files")
-        return [parse_example(ex, "hub train") for ex in ds["train"]], [parse_example(ex, "hub validation") for ex in ds["validation"]], {"source": "hub:commonsense_qa"}
+        return (
+            [parse_example(ex, "hub train") for ex in ds["train"]],
+            [parse_example(ex, "hub validation") for ex in ds["validation"]],
+            {"source": "hub:commonsense_qa"},
+        )
 
     def local(root: Path):
         root = local_dir(root)
         return read_jsonl(_find(root, TRAIN_FILES)), read_jsonl(_find(root, DEV_FILES)), {"source": str(root)}
 
-    train, dev, info = rows_for(recipe, hub=hub, local=local, no_packaged="task 'commonsense_qa' has no packaged data: pass --data-dir DIR "
-                                "(train_rand_split.jsonl, dev_rand_split.jsonl) or --data-dir hub when online")
+    train, dev, info = rows_for(
+        recipe,
+        hub=hub,
+        local=local,
+        no_packaged="task 'commonsense_qa' has no packaged data: pass --data-dir DIR "
+        "(train_rand_split.jsonl, dev_rand_split.jsonl) or --data-dir hub when online",
+    )
     return sampled(recipe, train, dev, {**info, "split": "train/dev (the test split has no answers)"})
 
 
@@ -120,17 +129,25 @@ def sample_inputs(examples, n: int):
     return [(ex["question"], tuple(ex["choices"])) for ex in examples.select(range(min(n, len(examples))))]
 
 
-def encode(tokenizer, samples: list[tuple[str, tuple[str, ...]]], batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+def encode(
+    tokenizer, samples: list[tuple[str, tuple[str, ...]]], batch_size: int, seq_len: int
+) -> dict[str, np.ndarray]:
     """Real questions tokenized to exactly (batch_size, choices, seq_len)."""
     rows = [samples[i % len(samples)] for i in range(batch_size)]
     first, second = _pairs([q for q, _ in rows], [list(cs) for _, cs in rows])
-    enc = tokenizer(first, second, padding="max_length", truncation="longest_first", max_length=seq_len, return_tensors="np")
-    return {k: v.astype(np.int64).reshape(batch_size, -1, seq_len) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    enc = tokenizer(
+        first, second, padding="max_length", truncation="longest_first", max_length=seq_len, return_tensors="np"
+    )
+    return {
+        k: v.astype(np.int64).reshape(batch_size, -1, seq_len)
+        for k, v in enc.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
 TASK = Task(
     name="commonsense_qa",
-    source="CommonsenseQA, 5-way multiple choice, accuracy: --data-dir DIR (train_rand_split.jsonl, dev_rand_split.jsonl) or --data-dir hub",
+    source="CommonsenseQA, 5-way multiple choice, accuracy: --data-dir DIR (train_rand_split.jsonl, dev_rand_split.jsonl) or --data-dir hub",  # noqa: E501 - one message/literal
     auto_class="AutoModelForMultipleChoice",
     export_task="multiple-choice",
     metric="accuracy",

@@ -13,8 +13,14 @@ from ..errors import UserError
 Rows = tuple[list, list, dict]  # train rows, dev rows, info (at least "source")
 
 
-def rows_for(recipe, *, hub: Callable[[], Rows], local: Callable[[Path], Rows], packaged: Callable[[], Rows] | None = None,
-             no_packaged: str = "") -> Rows:
+def rows_for(
+    recipe,
+    *,
+    hub: Callable[[], Rows],
+    local: Callable[[Path], Rows],
+    packaged: Callable[[], Rows] | None = None,
+    no_packaged: str = "",
+) -> Rows:
     """The rows from the one source the recipe names (a task without packaged data refuses
     with `no_packaged`)."""
     d = recipe.data.data_dir

