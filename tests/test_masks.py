@@ -177,3 +177,34 @@ def test_length_grouped_batches_cover_the_epoch_once_and_pad_less():
     assert padded(grouped) < 0.75 * padded(plain)
     assert grouped[3] == batch_order(1000, 16, 0, 3, lengths)  # found again after a restart
     assert grouped != [batch_order(1000, 16, 0, s + steps, lengths) for s in range(steps)]  # a new order next epoch
+
+
+def test_block4_gmp_prunes_whole_groups_by_their_norm(tiny_qa):
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    norms = {n: m.weight.detach().reshape(m.weight.shape[0], -1, 4).norm(dim=-1) for n, m in mods.items()}
+    gmp.prune_step(mods, 0.5, "global", {"pattern": "block4"})
+    masks = M.get_masks(mods)
+    M.check_blocks(masks, 4)
+    M.check_exact(masks, 0.5, "global", group=4)
+    kept = torch.cat([masks[f"{n}.weight"].reshape(*norms[n].shape, 4)[..., 0].flatten() for n in mods])
+    flat = torch.cat([norms[n].flatten() for n in mods])
+    assert flat[~kept].max() <= flat[kept].min()  # the smallest groups went, as groups
+    gmp.prune_step(mods, 0.8, "global", {"pattern": "block4"})  # a later step only adds groups
+    later = M.get_masks(mods)
+    assert all(bool((later[k] <= masks[k]).all()) for k in masks)
+    M.check_blocks(later, 4)
+    M.check_exact(later, 0.8, "global", group=4)
+
+
+def test_block_pattern_checks_and_parsing():
+    m = {"w": torch.ones(2, 8, dtype=torch.bool)}
+    m["w"][0, :4] = False
+    M.check_blocks(m, 4)
+    m["w"][1, 5] = False
+    with pytest.raises(AssertionError, match="1 groups of 4 are partly pruned"):
+        M.check_blocks(m, 4)
+    assert M.block_of("block4") == 4 and M.block_of("2:4") is None and M.parse_pattern("block4") is None
+    assert M.group_of("block4") == 4 and M.group_of("2:4") == 4 and M.group_of("unstructured") == 1
+    with pytest.raises(ValueError, match="'blockK' needs a whole K"):
+        M.block_of("blockx")

@@ -235,3 +235,31 @@ def test_a_method_object_prunes_with_its_named_resources():
     method.prune_step(mods, 0.5)
     M.check_exact(M.get_masks(mods), 0.5, "global")
     assert salts and set(salts) == {500000}
+
+
+def test_group_saliency_is_the_joint_obs_cost_and_block4_prunes_whole_groups():
+    torch.manual_seed(6)
+    B, k = 8, 4
+    A = torch.randn(3, B, B)
+    finv = A @ A.transpose(1, 2) + 0.5 * torch.eye(B)
+    w = torch.randn(3, B)
+    sal = obert.group_saliency(w, finv, k)
+    assert sal.shape == (3, 2)
+    for b in range(3):
+        for g in range(2):
+            q = slice(g * k, (g + 1) * k)
+            want = 0.5 * w[b, q] @ torch.linalg.inv(finv[b, q, q]) @ w[b, q]
+            assert torch.allclose(sal[b, g], want, rtol=1e-4)
+    mods = {"a": nn.Linear(8, 4), "b": nn.Linear(8, 4)}
+    M.attach_masks(mods)
+    grads = [{n: torch.randn(4, 8) for n in mods} for _ in range(8)]
+    ctx = {"obert": {"block_size": 8, "num_grads": 8, "damp": 1e-3}, "pattern": "block4",
+           "gradients": lambda names: ({n: g[n] for n in names} for g in grads)}
+    obert.prune_step(mods, 0.5, "global", ctx)
+    masks = M.get_masks(mods)
+    M.check_blocks(masks, 4)
+    M.check_exact(masks, 0.5, "global", group=4)
+    for m in mods.values():
+        assert torch.all(m.weight[~m.weight_mask] == 0)
+    with pytest.raises(UserError, match=r"block_size a multiple of 4, got 6 \(e.g. 4\)"):
+        obert.prune_step(mods, 0.7, "global", {**ctx, "obert": {"block_size": 6, "num_grads": 8, "damp": 1e-3}})

@@ -266,3 +266,64 @@ def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
         tmp_path / "r2",
     )
     assert_user_error(bad, "needs --quantize int8-static")
+
+
+@pytest.mark.parametrize("method", ["gmp", "obert"])
+def test_block4_pattern_through_export(tmp_path, tiny_model_dir, method):
+    """Groups of 4 consecutive input weights pruned together (GMP: group norm; oBERT: joint
+    saliency and the group OBS update), checked at the end of pruning and again in the ONNX graph."""
+    out = tmp_path / "run"
+    extra = ["--set", "prune.options.obert.block_size=48"] if method == "obert" else []
+    res = p2d(
+        "run",
+        "rotten_tomatoes",
+        "--profile",
+        "smoke",
+        "--sparsity",
+        "0.7",
+        "--pattern",
+        "block4",
+        "--method",
+        method,
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+        *extra,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    from prune2deploy.onnx_sparsity import load_initializers
+
+    rec = json.loads((out / "export" / "stage.json").read_text())["result"]
+    assert rec["pattern"] == "block4" and abs(rec["encoder_sparsity"] - 0.7) < 1e-3
+    inits = load_initializers(out / "export" / "model.onnx")
+    for t in rec["per_tensor"].values():
+        w = inits[t["onnx_name"]]  # ONNX MatMul weights are (in, out): groups of 4 run along axis 0
+        zeros_per_group = (w.reshape(-1, 4, w.shape[1]) == 0).sum(1)
+        assert bool(((zeros_per_group == 0) | (zeros_per_group == 4)).all())  # whole groups, never part of one
+
+
+def test_block_pattern_bad_input(tmp_path, tiny_model_dir):
+    assert_user_error(
+        p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "blockx", "--out", tmp_path / "a"),
+        "'blockK' needs a whole K",
+    )
+    # the tiny model's dims (32, 64) are not multiples of 3: the pattern cannot be laid exactly
+    assert_user_error(
+        p2d(
+            "run",
+            "rotten_tomatoes",
+            "--profile",
+            "smoke",
+            "--pattern",
+            "block3",
+            "--model",
+            tiny_model_dir,
+            "--out",
+            tmp_path / "b",
+        ),
+        "--pattern block3:",
+        "not a multiple of 3",
+    )
+    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "block4", "--method", "obert",
+                          "--model", tiny_model_dir, "--out", tmp_path / "c"), "block_size a multiple of 4, got 50")

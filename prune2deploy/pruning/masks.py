@@ -109,30 +109,62 @@ def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.bool() for k, v in load_file(str(path)).items()}
 
 
-def check_exact(masks: dict[str, torch.Tensor], target: float, scope: str) -> None:
-    """Raise if the masks do not hold exactly the target sparsity for the scope."""
+def check_exact(masks: dict[str, torch.Tensor], target: float, scope: str, group: int = 1) -> None:
+    """Raise if the masks do not hold exactly the target sparsity for the scope (with a block
+    pattern, in whole groups of `group` weights: round(target * groups) of them)."""
     if scope == "layer":
         for k, m in masks.items():
-            want = round(target * m.numel())
+            want = group * round(target * m.numel() / group)
             got = int((~m.bool()).sum())
             if got != want:
                 raise AssertionError(f"{k}: {got} zeros, expected {want} ({target:.4f} per layer)")
     else:
         total = sum(m.numel() for m in masks.values())
-        want = round(target * total)
+        want = group * round(target * total / group)
         got = sum(int((~m.bool()).sum()) for m in masks.values())
         if got != want:
             raise AssertionError(f"global: {got} zeros of {total}, expected {want} ({target:.4f})")
 
 
+def block_of(pattern: str | None) -> int | None:
+    """"blockK" -> K: groups of K consecutive input weights pruned together (oBERT's structured
+    variant; block4 is what VNNI's 4-way INT8 dot products consume); None otherwise."""
+    if isinstance(pattern, str) and pattern.startswith("block"):
+        try:
+            k = int(pattern[len("block"):])
+        except ValueError:
+            raise ValueError(f"pattern 'blockK' needs a whole K (e.g. block4), got '{pattern}'") from None
+        if k < 2:
+            raise ValueError(f"pattern blockK needs K >= 2, got '{pattern}'")
+        return k
+    return None
+
+
+def group_of(pattern: str | None) -> int:
+    """The input-dim multiple a pattern needs of every prunable tensor (1: none)."""
+    nm, k = parse_pattern(pattern), block_of(pattern)
+    return nm[1] if nm else (k or 1)
+
+
+def check_blocks(masks: dict[str, torch.Tensor], k: int) -> None:
+    """Raise unless every group of K consecutive input weights is kept or pruned as a whole."""
+    for name, mask in masks.items():
+        kept = mask.reshape(-1, k).sum(1)
+        bad = int(((kept != 0) & (kept != k)).sum())
+        if bad:
+            raise AssertionError(f"{name}: {bad} groups of {k} are partly pruned")
+
+
 def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
-    """"unstructured"/None -> None; "N:M" -> (N, M): keep N of every M consecutive input weights."""
-    if pattern in (None, "", "unstructured"):
+    """"unstructured"/None/"blockK" -> None; "N:M" -> (N, M): keep N of every M consecutive input weights."""
+    if pattern in (None, "", "unstructured") or block_of(pattern):
         return None
     try:
         n, m = (int(x) for x in str(pattern).split(":"))
     except ValueError:
-        raise ValueError(f"pattern must be 'unstructured' or N:M (e.g. 2:4), got '{pattern}'") from None
+        raise ValueError(
+            f"pattern must be 'unstructured', N:M (e.g. 2:4) or blockK (e.g. block4), got '{pattern}'"
+        ) from None
     if not 0 < n < m:
         raise ValueError(f"pattern N:M needs 0 < N < M, got '{pattern}'")
     return n, m
@@ -174,9 +206,12 @@ def masks_from_scores(
     sparsity: float,
     scope: str,
     pattern: str | None = None,
+    group_scores: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Keep the highest-scoring weights: exactly round(sparsity * n) zeros, globally or per tensor
-    (or, with an N:M `pattern`, N of every M consecutive input weights; `sparsity` is then 1 - N/M).
+    (or, with an N:M `pattern`, N of every M consecutive input weights; `sparsity` is then 1 - N/M;
+    with a blockK pattern, whole groups of K consecutive input weights, ranked by
+    `group_scores` (shape (out, in/K)) or else by the L2 norm of their K scores).
 
     Already-pruned weights rank first for removal, so masks only ever lose ones while the
     sparsity rises (a pruned weight never comes back).
@@ -184,6 +219,13 @@ def masks_from_scores(
     nm = parse_pattern(pattern)
     if nm:
         return nm_masks(scores, current, *nm)
+    k = block_of(pattern)
+    if k:
+        groups = group_scores or {
+            n: s.detach().float().reshape(*s.shape[:-1], -1, k).norm(dim=-1) for n, s in scores.items()
+        }
+        kept = {n: current[n].reshape(*current[n].shape[:-1], -1, k).all(-1) for n in scores}
+        return {n: m.repeat_interleave(k, dim=-1) for n, m in masks_from_scores(groups, kept, sparsity, scope).items()}
 
     def ranked(name: str) -> torch.Tensor:
         s = scores[name].detach().float().flatten().clone()

@@ -110,6 +110,19 @@ def saliency(w_blocks: torch.Tensor, finv: torch.Tensor) -> torch.Tensor:
     return w_blocks.pow(2) / (2.0 * torch.diagonal(finv, dim1=-2, dim2=-1))
 
 
+def group_saliency(w_blocks: torch.Tensor, finv: torch.Tensor, k: int) -> torch.Tensor:
+    """Joint saliency of each group Q of K consecutive weights in a block, 1/2 w_Q^T ([F^-1]_QQ)^-1 w_Q:
+    the loss increase of removing the K weights together with the OBS update (block-4, the
+    oBERT paper's structured variant). Returns (n_blocks, B / K)."""
+    n, b = w_blocks.shape
+    g = b // k
+    idx = torch.arange(g, device=finv.device)
+    sub = finv.reshape(n, g, k, g, k)[:, idx, :, idx, :].permute(1, 0, 2, 3)  # (n, g, K, K): the diagonal K x K blocks
+    w = w_blocks.reshape(n, g, k, 1).to(finv.dtype)
+    x = torch.linalg.solve(sub.double(), w.double())
+    return 0.5 * (w.double().transpose(-1, -2) @ x).reshape(n, g).to(w_blocks.dtype)
+
+
 def obs_update(w_blocks: torch.Tensor, finv: torch.Tensor, pruned: torch.Tensor, rows: int = 16384) -> torch.Tensor:
     """dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q per block, Q = `pruned` (bool, (n, B)).
 
@@ -150,6 +163,12 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
     for name, mod in modules.items():
         if block > mod.weight.numel():
             raise UserError(f"oBERT block size {block} is larger than {name} ({mod.weight.numel()} weights)")
+    k = M.block_of(ctx.get("pattern"))
+    if k and block % k:  # a group of K weights must lie inside one Fisher block
+        raise UserError(
+            f"--pattern {ctx.get('pattern')} with oBERT needs prune.options.obert.block_size a multiple of {k}, "
+            f"got {block} (e.g. {block - block % k})"
+        )
     chunks = _chunks(modules, block, cfg.get("chunk_bytes", 4 << 30))
     kept: dict[str, torch.Tensor] = {}
 
@@ -175,16 +194,21 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
             raise RuntimeError(f"oBERT expected {m} gradients, got {count}")
         return {n: invert_(f) for n, f in fs.items()}
 
-    scores = {}
+    scores, groups = {}, {}
     for names in chunks:
         finvs = finv_for(names)
         for n in names:
             w = modules[n].weight
             s = saliency(blocks_of(w, block), finvs[n]).reshape(-1)[: w.numel()].view_as(w)
             scores[f"{n}.weight"] = s.to(w.device)
+            if k:  # whole groups of K: their joint saliency (a group never straddles a block)
+                g = group_saliency(blocks_of(w, block), finvs[n], k).reshape(-1)[: w.numel() // k]
+                groups[f"{n}.weight"] = g.view(*w.shape[:-1], -1).to(w.device)
         if len(chunks) == 1:
             kept = finvs
-    new = M.masks_from_scores(scores, M.get_masks(modules), sparsity, scope, ctx.get("pattern"))
+    new = M.masks_from_scores(
+        scores, M.get_masks(modules), sparsity, scope, ctx.get("pattern"), group_scores=groups or None
+    )
     # every chunk's update comes from the same weights (and so the same gradients and Fisher
     # it was scored with): all updates are computed first, then applied
     updates: dict[str, torch.Tensor] = {}

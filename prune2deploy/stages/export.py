@@ -35,10 +35,10 @@ def run(ctx: StageContext) -> dict:
 
     masks = prune_masks(ctx)
     report = verify_against_masks(sparse, masks, out / "model.onnx")
-    nm = M.parse_pattern(recipe.prune.pattern)
-    if nm:  # ONNX zeros equal the masks tensor by tensor (just verified), so the pattern holds there too
+    nm, block = M.parse_pattern(recipe.prune.pattern), M.block_of(recipe.prune.pattern)
+    if nm or block:  # ONNX zeros equal the masks tensor by tensor (just verified), so the pattern holds there too
         try:
-            M.check_pattern(masks, *nm)
+            M.check_pattern(masks, *nm) if nm else M.check_blocks(masks, block)
         except AssertionError as e:
             raise VerificationError(f"export: {recipe.prune.pattern} pattern broken: {e}") from None
 

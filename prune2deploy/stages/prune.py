@@ -59,13 +59,12 @@ def run(ctx: StageContext) -> dict:
     steps_per_epoch = max(1, len(features) // p.batch_size)
     plan = make_plan(p, scale, steps_per_epoch)
     kd_teacher = teacher if p.kd_hardness > 0 else None
-    nm = M.parse_pattern(p.pattern)
-    if nm:
-        odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % nm[1]), None)
-        if odd:
-            raise UserError(
-                f"--pattern {p.pattern}: {odd} has input dim {modules[odd].weight.shape[-1]}, not a multiple of {nm[1]}"
-            )
+    nm, block, group = M.parse_pattern(p.pattern), M.block_of(p.pattern), M.group_of(p.pattern)
+    odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % group), None)
+    if odd:  # the pattern cannot be laid on this tensor exactly
+        raise UserError(
+            f"--pattern {p.pattern}: {odd} has input dim {modules[odd].weight.shape[-1]}, not a multiple of {group}"
+        )
     # what a method may need, as named resources: a stream of training-loss gradients and an
     # all-reduce (methods that need neither ignore them)
     gradients = None
@@ -114,7 +113,11 @@ def run(ctx: StageContext) -> dict:
 
     masks = M.get_masks(modules)
     try:
-        M.check_pattern(masks, *nm) if nm else M.check_exact(masks, p.target_sparsity, p.scope)
+        if nm:
+            M.check_pattern(masks, *nm)
+        else:
+            M.check_blocks(masks, block) if block else None
+            M.check_exact(masks, p.target_sparsity, p.scope, group=block or 1)
     except AssertionError as e:
         raise VerificationError(f"prune: masks are not at the target sparsity: {e}") from None
     for name, module in modules.items():
