@@ -88,16 +88,12 @@ TIME_FIELDS = ("prune.epochs", "prune.prune_start", "prune.prune_end", "prune.pr
 def row_overrides(
     task: str, row: str, mode: str, scale: float, proxy_eval: int, teacher: str | None, sparsity: float
 ) -> dict:
-    from prune2deploy.recipe import load_recipe
-
     over = {"prune.target_sparsity": sparsity, **ROWS[row][1]}
     if teacher:
         over["teacher.path"] = teacher
-    if mode == "proxy":
-        base = load_recipe(task, "default").prune
+    if mode == "proxy":  # every row carries the time fields (from BEFORE)
         for key in TIME_FIELDS:
-            field = key.split(".", 1)[1]
-            over[key] = float(over.get(key, getattr(base, field))) * scale
+            over[key] = float(over[key]) * scale
         over["data.eval_examples"] = proxy_eval
     return over
 

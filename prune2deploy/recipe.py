@@ -383,7 +383,7 @@ def validate(r: Recipe) -> None:
 
     for name in p.options:
         settings_for(name, p.options)  # unknown method, unknown key, wrong type or range: one line
-    settings_for(p.method, p.options)
+    settings_for(p.method, p.options, p.pattern)  # before anything is written
     if r.attention_dropout is not None and not 0.0 <= r.attention_dropout < 1.0:
         raise UserError(f"attention_dropout must be in [0, 1), got {r.attention_dropout}")
     if r.precision not in ("auto", "bf16", "fp32"):

@@ -12,11 +12,8 @@ from .stages import STAGES as STAGE_NAMES
 
 
 def build_report(recipe, run_dir: Path) -> dict:
-    def rec(stage):
-        path = run_dir / stage / "stage.json"
-        return read_json(path)["result"] if path.is_file() else {}
-
-    teacher, prune, validate, export, quantize, bench = (rec(s) for s in STAGE_NAMES)
+    records = {s: read_json(run_dir / s / "stage.json") for s in STAGE_NAMES if (run_dir / s / "stage.json").is_file()}
+    teacher, prune, validate, export, quantize, bench = (records.get(s, {}).get("result", {}) for s in STAGE_NAMES)
     return {
         "task": recipe.task,
         "model": recipe.model,
@@ -45,11 +42,7 @@ def build_report(recipe, run_dir: Path) -> dict:
             "cached": teacher.get("cached"),
             "trained": teacher.get("trained"),
         },
-        "seconds": {
-            s: read_json(run_dir / s / "stage.json").get("seconds")
-            for s in STAGE_NAMES
-            if (run_dir / s / "stage.json").is_file()
-        },
+        "seconds": {s: r.get("seconds") for s, r in records.items()},
     }
 
 

@@ -8,6 +8,7 @@ never holds half a stage.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import platform
@@ -152,11 +153,9 @@ def _run_stage_ranks(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, 
     with D.together(f"stage '{stage}'"):
         parallel = stage_module(stage).PARALLEL
         if D.is_main():
-            if parallel:
+            # rank 0 alone (not parallel): whatever it trains (QAT) runs as one process, no collectives
+            with contextlib.nullcontext() if parallel else D.local():
                 _run_stage_here(stage, recipe, run_dir, upstream, key)
-            else:  # rank 0 alone: whatever it trains (QAT) runs as one process, no collectives
-                with D.local():
-                    _run_stage_here(stage, recipe, run_dir, upstream, key)
         elif parallel:  # computed here, never committed
             scratch = D.scratch(run_dir, stage)
             shutil.rmtree(scratch, ignore_errors=True)

@@ -109,11 +109,7 @@ def batch_order(n: int, batch_size: int, seed: int, step: int, lengths: list[int
 
 def feature_lengths(features) -> list[int]:
     """Tokens per feature (the longest choice for multiple choice)."""
-    out = []
-    for row in features:
-        ids = row["input_ids"]
-        out.append(max(len(c) for c in ids) if ids and isinstance(ids[0], list) else len(ids))
-    return out
+    return [max(len(c) for c in ids) if ids and isinstance(ids[0], list) else len(ids) for ids in features["input_ids"]]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -327,3 +327,4 @@ def test_block_pattern_bad_input(tmp_path, tiny_model_dir):
     )
     assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "block4", "--method", "obert",
                           "--model", tiny_model_dir, "--out", tmp_path / "c"), "block_size a multiple of 4, got 50")
+    assert not (tmp_path / "c").exists()  # refused with the recipe, before any stage ran

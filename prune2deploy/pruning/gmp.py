@@ -18,7 +18,7 @@ def prune_step(modules, sparsity: float, scope: str, ctx=None) -> None:
 class Settings:
     """GMP has no settings of its own (the schedule is the recipe's)."""
 
-    def check(self, modules: dict | None = None) -> None:
+    def check(self, modules: dict | None = None, pattern: str | None = None) -> None:
         pass
 
 

@@ -154,6 +154,18 @@ def _chunks(modules: dict, block: int, chunk_bytes: int) -> list[list[str]]:
     return out
 
 
+def check_block_pattern(block: int, pattern: str | None) -> int | None:
+    """K of a blockK pattern (None otherwise); a group of K weights must lie inside one Fisher
+    block, so the block size must be a multiple of K."""
+    k = M.block_of(pattern)
+    if k and block % k:
+        raise UserError(
+            f"--pattern {pattern} with oBERT needs prune.options.obert.block_size a multiple of {k}, "
+            f"got {block} (e.g. {block - block % k})"
+        )
+    return k
+
+
 def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
     """Raise the masks of `modules` to `sparsity` by oBERT saliency, with the OBS weight update."""
     cfg = ctx["obert"]
@@ -163,12 +175,7 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
     for name, mod in modules.items():
         if block > mod.weight.numel():
             raise UserError(f"oBERT block size {block} is larger than {name} ({mod.weight.numel()} weights)")
-    k = M.block_of(ctx.get("pattern"))
-    if k and block % k:  # a group of K weights must lie inside one Fisher block
-        raise UserError(
-            f"--pattern {ctx.get('pattern')} with oBERT needs prune.options.obert.block_size a multiple of {k}, "
-            f"got {block} (e.g. {block - block % k})"
-        )
+    k = check_block_pattern(block, ctx.get("pattern"))
     chunks = _chunks(modules, block, cfg.get("chunk_bytes", 4 << 30))
     kept: dict[str, torch.Tensor] = {}
 
@@ -239,10 +246,11 @@ class Settings:
     damp: float = 1e-7  # the paper's most sensitive hyper-parameter
     chunk_mb: int = 4096  # inverse-Fisher memory per chunk of layers
 
-    def check(self, modules: dict | None = None) -> None:
+    def check(self, modules: dict | None = None, pattern: str | None = None) -> None:
         for f in fields(self):
             if getattr(self, f.name) <= 0:
                 raise UserError(f"prune.options.obert.{f.name} must be > 0, got {getattr(self, f.name)}")
+        check_block_pattern(self.block_size, pattern)
         if modules:
             name, mod = min(modules.items(), key=lambda kv: kv[1].weight.numel())
             if self.block_size > mod.weight.numel():

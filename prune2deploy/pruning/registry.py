@@ -23,13 +23,14 @@ def get_method(name: str):
     return METHODS[name]
 
 
-def settings_for(name: str, options: dict):
-    """The method's typed settings from `prune.options` (unknown keys and wrong types refused)."""
+def settings_for(name: str, options: dict, pattern: str | None = None, modules: dict | None = None):
+    """The method's typed settings from `prune.options` (unknown keys, wrong types, values out of
+    range or not fit for `pattern` or the `modules` to prune refused)."""
     from ..recipe import _build
 
     cls = get_method(name)
     settings = _build(cls.Settings, dict(options.get(name) or {}), f"prune.options.{name}")
-    settings.check()
+    settings.check(modules, pattern)
     return settings
 
 

@@ -52,8 +52,7 @@ def run(ctx: StageContext) -> dict:
     features, _, data_info = train_data(data_recipe, task, tokenizer)
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
     M.attach_masks(modules)
-    settings = settings_for(p.method, p.options)
-    settings.check(modules)
+    settings = settings_for(p.method, p.options, p.pattern, modules)
     M.warn_few_kept(modules, p.target_sparsity)
     scale = recipe.epoch_scale()
     steps_per_epoch = max(1, len(features) // p.batch_size)
@@ -116,7 +115,8 @@ def run(ctx: StageContext) -> dict:
         if nm:
             M.check_pattern(masks, *nm)
         else:
-            M.check_blocks(masks, block) if block else None
+            if block:
+                M.check_blocks(masks, block)
             M.check_exact(masks, p.target_sparsity, p.scope, group=block or 1)
     except AssertionError as e:
         raise VerificationError(f"prune: masks are not at the target sparsity: {e}") from None

@@ -63,7 +63,10 @@ def run(ctx: StageContext) -> dict:
     jobs = [(fp32, out / "model.int8.onnx"), (dense, out / "dense.int8.onnx")]
     batches = calibration_batches(task, tokenizer, dev, recipe.data.max_length) if mode == "int8-static" else None
     for src, dst in jobs:
-        quantize_int8_static(src, dst, batches) if batches is not None else quantize_int8(src, dst)
+        if batches is not None:
+            quantize_int8_static(src, dst, batches)
+        else:
+            quantize_int8(src, dst)
     for f in export_dir.iterdir():  # tokenizer and config beside the INT8 graph: a self-contained dir
         if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
             shutil.copy2(f, out / f.name)
