@@ -247,13 +247,14 @@ def package(
     fmt: str = typer.Option("plain", "--format", help="plain | triton"),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default <task>-<method>-<sparsity%>)."),
     int8: bool = typer.Option(False, "--int8", help="Ship the sparse INT8 graph (a run made with --quantize int8)."),
+    dense: bool = typer.Option(False, "--dense", help="Ship the run's dense baseline graph instead (to compare)."),
 ) -> None:
     """Package a run's sparse ONNX with tokenizer, manifest and model card."""
 
     def go():
         from .ship.package import package as do_package
 
-        path = do_package(run_dir, out, fmt, name, int8=int8)
+        path = do_package(run_dir, out, fmt, name, int8=int8, dense=dense)
         print(f"wrote {path}")
 
     _guard(go)
@@ -270,6 +271,57 @@ def verify(artifact: Path = typer.Argument(..., help="An artifact dir made by `p
         bad["msg"], passed = verify_artifact(artifact)
         for line in passed:
             print(f"ok   {line}")
+
+    _guard(go)
+    if bad["msg"]:
+        print(f"FAIL {bad['msg']}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    artifact: Path = typer.Argument(..., help="An artifact dir made by `p2d package`."),
+    runtime: str = typer.Option("onnxruntime", "--runtime", "-r", help="onnxruntime | openvino | deepsparse"),
+    port: int = typer.Option(8080, "--port", help="HTTP port (KServe V2 REST)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    threads: int = typer.Option(2, "--threads", help="Threads of the runtime."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the artifact's)."),
+) -> None:
+    """Serve an artifact with MLServer over the KServe V2 / Open Inference Protocol (Triton's)."""
+    code = {"rc": 0}
+
+    def go():
+        from .ship.serve import serve_forever
+
+        code["rc"] = serve_forever(artifact, runtime, threads, host, port, name)
+
+    _guard(go)
+    if code["rc"]:
+        raise typer.Exit(1)
+
+
+@app.command("serve-check")
+def serve_check(
+    artifact: Path = typer.Argument(..., help="An artifact dir made by `p2d package`."),
+    runtime: str = typer.Option("onnxruntime", "--runtime", "-r", help="onnxruntime | openvino | deepsparse"),
+    threads: int = typer.Option(2, "--threads", help="Threads of the runtime."),
+) -> None:
+    """Start the server on loopback, send the manifest's samples with tritonclient, compare with
+    the reference outputs, then malformed requests (each must be refused, the next served)."""
+    bad = {"msg": None}
+
+    def go():
+        from .ship.serve import Server
+        from .ship.serve_check import malformed_check, reference_check
+
+        with Server(artifact, runtime, threads) as server:
+            print(f"ok   {server.name} ready on {runtime} at http://{server.url}")
+            for check in (reference_check, malformed_check):
+                bad["msg"], passed = check(server.url, server.name, artifact)
+                for line in passed:
+                    print(f"ok   {line}")
+                if bad["msg"]:
+                    return
 
     _guard(go)
     if bad["msg"]:

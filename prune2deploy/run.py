@@ -121,9 +121,21 @@ def load_run_recipe(run_dir: Path) -> Recipe:
     path = Path(run_dir) / "recipe.json"
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run dir (no recipe.json); start one with `p2d run TASK`")
-    recipe = _build(Recipe, read_json(path), str(path))
+    recipe = _build(Recipe, upgrade_record(read_json(path)), str(path))
     validate(recipe)
     return recipe
+
+
+def upgrade_record(d: dict) -> dict:
+    """A recipe.json written by an earlier p2d, in today's shape: the flat `prune.obert_<key>`
+    fields became `prune.options.obert.<key>` (a run dir made before still packages and reports)."""
+    prune = dict(d.get("prune") or {})
+    old = {k: prune.pop(k) for k in list(prune) if k.startswith("obert_")}
+    if not old:
+        return d
+    options = dict(prune.get("options") or {})
+    options["obert"] = {**{k.removeprefix("obert_"): v for k, v in old.items()}, **options.get("obert", {})}
+    return {**d, "prune": {**prune, "options": options}}
 
 
 def run_stage(stage: str, recipe: Recipe, run_dir: Path, force: bool = False) -> dict:

@@ -40,6 +40,20 @@ def tiny_model_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session")
+def rt_smoke_run(tmp_path_factory, tiny_model_dir):
+    """A finished smoke run (rotten_tomatoes, 70%) on the tiny BERT, made once for the tests that
+    only read it (gate, package, verify, serve)."""
+    from tests.test_cli import p2d
+
+    out = tmp_path_factory.mktemp("rt-smoke") / "run"
+    res = p2d(
+        "run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--out", out
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
 @pytest.fixture
 def tiny_qa():
     from transformers import BertForQuestionAnswering

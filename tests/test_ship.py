@@ -12,13 +12,8 @@ from tests.test_cli import assert_user_error, p2d
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model_dir):
-    out = tmp_path_factory.mktemp("ship") / "rt"
-    res = p2d(
-        "run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--out", out
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+def run_dir(rt_smoke_run):
+    return rt_smoke_run
 
 
 def write(path, doc):

@@ -31,6 +31,7 @@ TOKENIZER_FILES = (
     "vocab.json",
     "config.json",
 )
+MAX_BATCH = 64  # Triton's max_batch_size and the served batch limit
 ONNX_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 10: "TYPE_FP16", 9: "TYPE_BOOL"}
 
 
@@ -60,7 +61,7 @@ def graph_io(onnx_path: Path) -> tuple[list[dict], list[dict]]:
     return describe(model.graph.input), describe(model.graph.output)
 
 
-def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch: int = 64) -> str:
+def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch: int = MAX_BATCH) -> str:
     """config.pbtxt for the onnxruntime backend; the batch dim is Triton's (dims drop it)."""
 
     def block(kind: str, items: list[dict]) -> str:
@@ -142,12 +143,16 @@ def model_card(report: dict, name: str) -> str:
     return "\n".join(lines)
 
 
-def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = None, int8: bool = False) -> Path:
+def package(
+    run_dir: Path, out: Path, fmt: str = "plain", name: str | None = None, int8: bool = False, dense: bool = False
+) -> Path:
     from ..run import load_run_recipe
     from ..tasks.registry import get_task
 
     if fmt not in ("plain", "triton"):
         raise UserError(f"--format must be plain or triton, got '{fmt}'")
+    if int8 and dense:
+        raise UserError("--int8 and --dense: choose one (the dense INT8 graph is not shipped)")
     recipe = load_run_recipe(run_dir)
     report_path = run_dir / "report.json"
     export_dir = run_dir / "export"
@@ -178,8 +183,15 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
             if v["onnx_name"] in qt
         }
         encoder_sparsity = q["zeros"]["encoder_sparsity_int8"]
-    name = name or f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}" + (
-        "-int8" if int8 else ""
+    if dense:  # the dense baseline graph of the same run: what the sparse one is served against
+        source, initializers, encoder_sparsity = export_dir / "dense.onnx", {}, 0.0
+        if not source.is_file():
+            raise UserError(f"{run_dir}: no export/dense.onnx to ship")
+    name = name or (
+        f"{recipe.task}-dense"
+        if dense
+        else f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}"
+        + ("-int8" if int8 else "")
     )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -208,7 +220,10 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
                 )
         _, dev, _ = task.load(recipe)
         np.savez(tmp / "samples.npz", **reference_outputs(tmp / model_rel, export_dir, task, dev))
-        (tmp / "README.md").write_text(model_card(report, name))
+        card = model_card(report, name)
+        if dense:
+            card = f"**The dense baseline graph of this run** (what the sparse one is measured against).\n\n{card}"
+        (tmp / "README.md").write_text(card)
         from ..run import versions
 
         manifest = {
@@ -224,6 +239,8 @@ def package(run_dir: Path, out: Path, fmt: str = "plain", name: str | None = Non
             "target_sparsity": recipe.prune.target_sparsity,
             "encoder_sparsity": encoder_sparsity,
             "precision": "int8" if int8 else "fp32",
+            "graph": "dense" if dense else "sparse",
+            "max_batch_size": MAX_BATCH,
             "per_layer_sparsity": report["sparsity"]["per_layer"],
             "onnx_initializers": initializers,
             "quantize": report.get("quantize"),

@@ -13,6 +13,22 @@ from ..errors import UserError
 from ..files import hash_dir, read_json
 
 
+def check_files(path: Path, manifest: dict) -> str | None:
+    """The first file that differs from the manifest's sha256 list (missing, changed, extra), or
+    None. Light (stdlib): the model server runs it before it loads an artifact."""
+    files = {k: v for k, v in hash_dir(path).items() if k != "manifest.json"}
+    want = manifest.get("files") or {}
+    for rel, sha in want.items():
+        if rel not in files:
+            return f"missing file: {rel}"
+        if files[rel] != sha:
+            return f"hash mismatch: {rel}"
+    extra = sorted(set(files) - set(want))
+    if extra:
+        return f"unexpected file: {extra[0]}"
+    return None
+
+
 def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
     """(first failure or None, the checks that passed)."""
     path = Path(path)
@@ -24,16 +40,10 @@ def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
     except ValueError:
         return "manifest.json is not valid JSON", []
     passed: list[str] = []
-    files = {k: v for k, v in hash_dir(path).items() if k != "manifest.json"}
+    bad = check_files(path, manifest)
+    if bad:
+        return bad, passed
     want = manifest.get("files") or {}
-    for rel, sha in want.items():
-        if rel not in files:
-            return f"missing file: {rel}", passed
-        if files[rel] != sha:
-            return f"hash mismatch: {rel}", passed
-    extra = sorted(set(files) - set(want))
-    if extra:
-        return f"unexpected file: {extra[0]}", passed
     passed.append(f"sha256 of {len(want)} files")
 
     import onnx
