@@ -14,6 +14,7 @@ import numpy as np
 from .errors import VerificationError
 
 CALIBRATION_EXAMPLES = 64
+OUTPUTS_FP32 = "OpTypesToExcludeOutputQuantization"  # ORT quantize_static's extra option
 
 
 
@@ -50,8 +51,9 @@ def calibration_batches(task, tokenizer, dev, seq_len: int, batch_size: int = 8)
 
 
 
-def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
-    """Static QDQ INT8: weights symmetric per channel, activations uint8 with ranges from `batches`."""
+def quantize_int8_static(src: Path, dst: Path, batches: list[dict], per_channel: bool = True) -> None:
+    """Static QDQ INT8: weights symmetric per channel (or per tensor, the layout DeepSparse runs:
+    `int8_matmulinteger.py`), activations uint8 with ranges from `batches`."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -81,11 +83,13 @@ def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul"],
             nodes_to_quantize=nodes,
-            per_channel=True,
+            per_channel=per_channel,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"WeightSymmetric": True},
+            # per tensor (DeepSparse's layout, as SparseML exports it): the MatMul's output stays
+            # fp32 into the bias Add; per channel keeps ORT's default (its output re-quantized)
+            extra_options={"WeightSymmetric": True, **({} if per_channel else {OUTPUTS_FP32: ["MatMul"]})},
         )
 
 

@@ -20,7 +20,19 @@ from .models import load_tokenizer
 from .progress import log, track
 from .runtimes.registry import resolve
 
-TOLERANCE = {"fp32": 5e-3, "bf16": 0.5, "int8": 1.0}  # max |logit - torch fp32 logit|
+TOLERANCE = {"fp32": 5e-3, "bf16": 0.5}  # max |logit - torch fp32 logit|
+# An INT8 graph is checked against ONNX Runtime on the same graph (its accuracy on the task is
+# the quantize stage's, measured through ORT). Runtimes round and requantize INT8 differently
+# (measured on a squad model: 0.3-2.4 on logits up to ~5 between ORT, OpenVINO and DeepSparse), so
+# the check catches a runtime computing something else (a zero point ignored, a layout misread),
+# within a quarter of the largest logit; each row keeps its max_abs_diff to show how close.
+INT8_RELATIVE = 0.25
+
+
+def tolerance(precision: str, ref: list[np.ndarray]) -> float:
+    if precision == "int8":
+        return round(INT8_RELATIVE * (1.0 + max(float(np.abs(r).max()) for r in ref)), 4)
+    return TOLERANCE[precision]
 
 
 
@@ -82,13 +94,11 @@ def bench_models(
             float(np.abs(np.asarray(o, dtype=np.float32) - r).max()) for o, r in zip(outputs, refs[(label, b, s)])
         )
         row["max_abs_diff"] = round(diff, 6)
-        if diff > TOLERANCE[precision]:
-            rows.append(
-                {
-                    **row,
-                    "error": f"outputs differ from PyTorch by {diff:.3g} (> {TOLERANCE[precision]} for {precision}); not timed",  # noqa: E501 - one message/literal
-                }
-            )
+        tol = tolerance(precision, refs[(label, b, s)])
+        if diff > tol:
+            against = "ONNX Runtime on the same INT8 graph" if precision == "int8" else "PyTorch"
+            error = f"outputs differ from {against} by {diff:.3g} (> {tol:g} for {precision}); not timed"
+            rows.append({**row, "error": error})
             continue
         rows.append({**row, **summarize(times, b), "rss_mb": _rss_mb()})
     add_speedups(rows)
@@ -148,7 +158,8 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
     for ax, shape in zip(axes[0], shapes):
         sub = [r for r in ok if (r["batch_size"], r["seq_len"]) == shape]
         names = sorted({r["runtime"] for r in sub})
-        labels = [m for m in ("dense", "dense-int8", "sparse", "sparse-int8") if any(r["model"] == m for r in sub)]
+        order = ("dense", "dense-int8", "dense-int8-mmi", "sparse", "sparse-int8", "sparse-int8-mmi")
+        labels = [m for m in order if any(r["model"] == m for r in sub)]
         x = np.arange(len(names))
         width = 0.8 / len(labels)
         for i, label in enumerate(labels):

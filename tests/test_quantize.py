@@ -197,6 +197,52 @@ def test_static_qdq_int8_keeps_zeros_and_matches_fp32(int8_run, tmp_path):
     assert np.abs(ref - got).max() < 0.5 * (np.abs(ref).max() + 1e-3)  # close to fp32, not equal
 
 
+def test_matmulinteger_layout_equals_its_per_tensor_qdq_graph(int8_run, tmp_path):
+    """DeepSparse's layout: every weight MatMul becomes MatMulInteger → Cast → Mul on the same
+    INT8 weights; on ORT it computes exactly what the per-tensor QDQ graph computes."""
+    import onnx
+
+    from prune2deploy.benchmark import fixed_inputs
+    from prune2deploy.int8 import check_zeros_kept, quantize_int8_static
+    from prune2deploy.int8_matmulinteger import to_matmulinteger
+    from prune2deploy.models import load_tokenizer
+    from prune2deploy.runtimes import onnxruntime as ort_rt
+
+    export = int8_run / "export"
+    tok = load_tokenizer(str(export))
+    texts = [("a quiet, moving film", None), ("dull and far too long", None), ("the cast is wonderful", None)]
+    batches = [fixed_inputs(tok, texts, 3, 32)]
+    quantize_int8_static(export / "model.onnx", tmp_path / "pt.onnx", batches, per_channel=False)
+    assert to_matmulinteger(tmp_path / "pt.onnx", tmp_path / "mmi.onnx") == 12
+    nodes = onnx.load(str(tmp_path / "mmi.onnx")).graph.node
+    ops = [n.op_type for n in nodes]
+    assert ops.count("MatMulInteger") == 12
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    consumers = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    for n in nodes:  # the SparseML shape: QuantizeLinear → MatMulInteger → Cast → Mul, output not re-quantized
+        if n.op_type == "MatMulInteger":
+            assert producer[n.input[0]] == "QuantizeLinear"
+            cast = consumers[n.output[0]]
+            assert cast == ["Cast"]
+        if n.op_type == "MatMul":  # only attention's activation x activation MatMuls are left
+            assert "DequantizeLinear" not in (producer.get(n.input[0]), producer.get(n.input[1]))
+        if n.op_type == "Mul" and n.name.endswith("_mmi_rescale"):
+            assert "QuantizeLinear" not in consumers.get(n.output[0], [])
+    names = [t["onnx_name"] for t in json.loads((export / "stage.json").read_text())["result"]["per_tensor"].values()]
+    assert check_zeros_kept(export / "model.onnx", tmp_path / "mmi.onnx", names)["encoder_sparsity_int8"] >= 0.7 - 1e-6
+    qdq = ort_rt.load(tmp_path / "pt.onnx", 1)(batches[0])[0]
+    mmi = ort_rt.load(tmp_path / "mmi.onnx", 1)(batches[0])[0]
+    assert np.abs(qdq - mmi).max() <= 1e-5 * (1 + np.abs(qdq).max())
+    # a per-channel graph cannot be expressed with one rescale per MatMul: refused
+    quantize_int8_static(export / "model.onnx", tmp_path / "pc.onnx", batches, per_channel=True)
+    with pytest.raises(VerificationError, match="only per-tensor INT8"):
+        to_matmulinteger(tmp_path / "pc.onnx", tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_fake_quant_keeps_zeros_lands_on_the_int8_grid_and_passes_gradients():
     import torch
 
@@ -243,9 +289,14 @@ def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
         and abs(rec["qat"]["encoder_sparsity"] - 0.7) < 1e-3
     )
     assert rec["tensors"] == 12 and rec["encoder_sparsity_int8"] >= 0.7 - 1e-6
-    assert {"sparse_int8", "sparse_fp32_onnx", "sparse_qat_fp32_onnx"} <= set(rec["metrics"])
+    assert {"sparse_int8", "sparse_fp32_onnx", "sparse_qat_fp32_onnx", "sparse_int8_mmi", "dense_int8_mmi"} <= set(
+        rec["metrics"]
+    )
+    zeros = json.loads((out / "quantize" / "quantize.json").read_text())["zeros"]
+    assert zeros["mmi"]["encoder_sparsity_int8"] >= 0.7 - 1e-6 and len(zeros["mmi"]["tensors"]) == 12
     report = json.loads((out / "report.json").read_text())
-    assert any(r["model"] == "sparse-int8" and "p50_ms" in r for r in report["bench"])
+    for model in ("sparse-int8", "sparse-int8-mmi", "dense-int8-mmi"):
+        assert any(r["model"] == model and "p50_ms" in r for r in report["bench"]), model
     art = tmp_path / "art"
     assert p2d("package", out, "--out", art, "--int8").returncode == 0
     assert len(json.loads((art / "manifest.json").read_text())["onnx_initializers"]) == 12

@@ -11,6 +11,7 @@ from ..files import write_json_atomic
 from ..latency import bench_models, chart, loadavg, markdown, reference_outputs
 from ..machine import cpu_info
 from ..models import load_tokenizer
+from ..runtimes import onnxruntime as ort_rt
 from .common import StageContext, setup
 
 
@@ -35,17 +36,13 @@ def run(ctx: StageContext) -> dict:
         "sparse": {"onnx": sparse_onnx, "hf": sparse_dir},
     }
     q = ctx.result("quantize")
-    if q.get("quantize", "none") != "none":  # INT8 rows, checked against the fp32 PyTorch models they come from
-        qat = q.get("qat") or {}  # the INT8 graph of a QAT run comes from the QAT model
-        ref = str(ctx.run_dir / qat["model_dir"]) if qat.get("model_dir") else sparse_dir
-        models["sparse-int8"] = {"onnx": ctx.path("quantize", "path"), "hf": None, "ref": ref, "precision": "int8"}
+    if q.get("quantize", "none") != "none":  # INT8 rows, each checked against ORT on its own graph
+        models["sparse-int8"] = {"onnx": ctx.path("quantize", "path"), "hf": None, "precision": "int8"}
         if q.get("dense_path"):  # the dense model quantized the same way: a "best dense" candidate
-            models["dense-int8"] = {
-                "onnx": ctx.path("quantize", "dense_path"),
-                "hf": None,
-                "ref": dense_dir,
-                "precision": "int8",
-            }
+            models["dense-int8"] = {"onnx": ctx.path("quantize", "dense_path"), "hf": None, "precision": "int8"}
+        for label, field in (("sparse-int8-mmi", "mmi_path"), ("dense-int8-mmi", "dense_mmi_path")):
+            if q.get(field):  # DeepSparse's INT8 layout (static only), timed on every runtime all the same
+                models[label] = {"onnx": ctx.path("quantize", field), "hf": None, "precision": "int8"}
     cache: dict = {}
 
     def inputs_for(b, s):
@@ -59,7 +56,11 @@ def run(ctx: StageContext) -> dict:
         recipe.bench,
         threads,
         task.auto_class,
-        lambda label, x: reference_outputs(models[label].get("ref") or models[label]["hf"], task.auto_class, x),
+        lambda label, x: (
+            ort_rt.load(models[label]["onnx"], threads)(x)  # an INT8 graph: ORT on that graph
+            if models[label].get("precision") == "int8"
+            else reference_outputs(models[label]["hf"], task.auto_class, x)
+        ),
     )
     write_json_atomic(out / "bench.json", rows)
     (out / "bench.md").write_text(markdown(rows))

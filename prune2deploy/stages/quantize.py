@@ -5,7 +5,9 @@ symmetric per-channel INT8 weights (zero point 0, so a pruned weight stays exact
 - `int8`: dynamic, activations quantized on the fly (MatMulInteger / DynamicQuantizeLinear);
 - `int8-static`: static QDQ (QuantizeLinear/DequantizeLinear pairs) on the weight MatMuls,
   their input activations' ranges calibrated (min-max) on `CALIBRATION_EXAMPLES` dev inputs
-  of the task; the format DeepSparse and OpenVINO read as INT8. With `export.qat_epochs`, the
+  of the task; the format OpenVINO and ORT run as INT8. Static also writes DeepSparse's layout:
+  per-tensor weights, each MatMul as MatMulInteger → Cast → Mul (`int8_matmulinteger.py`),
+  sparse and dense (`*.int8-mmi.onnx`). With `export.qat_epochs`, the
   sparse model is first fine-tuned against exactly this rounding (`qat.py`) and re-exported.
 Then, before anything else trusts it:
 - sparsity, tensor by tensor: every weight that is zero in the verified fp32 graph is zero in
@@ -20,6 +22,7 @@ import shutil
 
 from ..files import write_json_atomic
 from ..int8 import OnnxAsModel, calibration_batches, check_zeros_kept, quantize_int8, quantize_int8_static
+from ..int8_matmulinteger import to_matmulinteger
 from ..models import load_tokenizer
 from ..progress import log
 from .common import StageContext, setup
@@ -67,10 +70,19 @@ def run(ctx: StageContext) -> dict:
             quantize_int8_static(src, dst, batches)
         else:
             quantize_int8(src, dst)
+    mmi = []  # static: also DeepSparse's layout (per-tensor weights, MatMulInteger → Cast → Mul)
+    if batches is not None:
+        for src, name in ((fp32, "model"), (dense, "dense")):
+            quantize_int8_static(src, out / f"{name}.int8-pt.onnx", batches, per_channel=False)
+            to_matmulinteger(out / f"{name}.int8-pt.onnx", out / f"{name}.int8-mmi.onnx")
+            (out / f"{name}.int8-pt.onnx").unlink()
+            mmi.append(out / f"{name}.int8-mmi.onnx")
     for f in export_dir.iterdir():  # tokenizer and config beside the INT8 graph: a self-contained dir
         if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
             shutil.copy2(f, out / f.name)
     zeros = check_zeros_kept(fp32, out / "model.int8.onnx", checked)
+    if mmi:
+        zeros["mmi"] = check_zeros_kept(fp32, mmi[0], checked)
     log(
         f"quantize: {len(checked)} encoder weights INT8, zeros kept; sparsity {zeros['encoder_sparsity_int8']:.4f} (+{zeros['extra_zeros_from_rounding']} zeros from rounding)"  # noqa: E501 - one message/literal
     )
@@ -82,6 +94,8 @@ def run(ctx: StageContext) -> dict:
         ("sparse_fp32_onnx", ctx.path("export", "path")),
         ("dense_int8", out / "dense.int8.onnx"),
     ]
+    if mmi:
+        graphs += [("sparse_int8_mmi", mmi[0]), ("dense_int8_mmi", mmi[1])]
     if qat_info:
         graphs.append(("sparse_qat_fp32_onnx", fp32))
     for label, path in graphs:
@@ -94,6 +108,8 @@ def run(ctx: StageContext) -> dict:
         "quantize": mode,
         "path": "quantize/model.int8.onnx",
         "dense_path": "quantize/dense.int8.onnx",
+        "mmi_path": "quantize/model.int8-mmi.onnx" if mmi else None,
+        "dense_mmi_path": "quantize/dense.int8-mmi.onnx" if mmi else None,
         "metrics": metrics,
         "encoder_sparsity_int8": zeros["encoder_sparsity_int8"],
         "extra_zeros_from_rounding": zeros["extra_zeros_from_rounding"],
