@@ -248,13 +248,18 @@ def package(
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default <task>-<method>-<sparsity%>)."),
     int8: bool = typer.Option(False, "--int8", help="Ship the sparse INT8 graph (a run made with --quantize int8)."),
     dense: bool = typer.Option(False, "--dense", help="Ship the run's dense baseline graph instead (to compare)."),
+    layout: Optional[str] = typer.Option(
+        None, "--layout", help="With --int8: matmulinteger (DeepSparse's; default where made) | qdq (ORT's QDQ)."
+    ),
 ) -> None:
     """Package a run's sparse ONNX with tokenizer, manifest and model card."""
 
     def go():
         from .ship.package import package as do_package
 
-        path = do_package(run_dir, out, fmt, name, int8=int8, dense=dense)
+        if layout and not int8:
+            raise UserError("--layout applies to --int8 only")
+        path = do_package(run_dir, out, fmt, name, int8=int8, dense=dense, layout=layout)
         print(f"wrote {path}")
 
     _guard(go)

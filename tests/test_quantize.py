@@ -297,11 +297,19 @@ def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
     report = json.loads((out / "report.json").read_text())
     for model in ("sparse-int8", "sparse-int8-mmi", "dense-int8-mmi"):
         assert any(r["model"] == model and "p50_ms" in r for r in report["bench"]), model
-    art = tmp_path / "art"
-    assert p2d("package", out, "--out", art, "--int8").returncode == 0
-    assert len(json.loads((art / "manifest.json").read_text())["onnx_initializers"]) == 12
-    res = p2d("verify", art)
-    assert res.returncode == 0, res.stdout + res.stderr
+    for layout, label in ((None, "sparse-int8-mmi"), ("qdq", "sparse-int8")):  # default: DeepSparse's layout
+        art = tmp_path / f"art-{layout}"
+        res = p2d("package", out, "--out", art, "--int8", *(["--layout", layout] if layout else []))
+        assert res.returncode == 0, res.stderr
+        manifest = json.loads((art / "manifest.json").read_text())
+        assert len(manifest["onnx_initializers"]) == 12 and manifest["measured_as"] == label
+        ops = {n.op_type for n in __import__("onnx").load(str(art / "model.onnx")).graph.node}
+        assert ("MatMulInteger" in ops) == (layout is None)
+        res = p2d("verify", art)
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert_user_error(p2d("package", out, "--out", tmp_path / "x", "--int8", "--layout", "mmi"), "--layout must be")
+    assert_user_error(p2d("package", out, "--out", tmp_path / "y", "--layout", "qdq"), "--layout applies to --int8")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     bad = p2d(
         "run",
         "rotten_tomatoes",

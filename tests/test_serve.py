@@ -149,3 +149,39 @@ def test_serve_check_cli(artifact):
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("ok   ") and "ready on onnxruntime" in lines[0]
     assert len(lines) == 9 and all(ln.startswith("ok   ") for ln in lines), lines
+
+
+def test_p2d_serve_answers_then_stops_on_sigterm(artifact):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from prune2deploy.ship.serve import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(serve.REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prune2deploy.cli", "serve", str(artifact), "--port", str(port)],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )
+    name = json.loads((artifact / "manifest.json").read_text())["name"]
+    url = f"http://127.0.0.1:{port}/v2/models/{name}/ready"
+    try:
+        deadline, ready = time.monotonic() + 120, False
+        while time.monotonic() < deadline and proc.poll() is None and not ready:
+            try:
+                ready = urllib.request.urlopen(url, timeout=2).status == 200
+            except OSError:
+                time.sleep(0.25)
+        assert ready, proc.stderr.read() if proc.poll() is not None else "not ready in 120 s"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "serving " + name in proc.stderr.read()
+        with pytest.raises(OSError):  # the server went with it
+            urllib.request.urlopen(url, timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -31,6 +31,13 @@ TOKENIZER_FILES = (
     "vocab.json",
     "config.json",
 )
+INT8_LAYOUTS = {"qdq": "model.int8.onnx", "matmulinteger": "model.int8-mmi.onnx"}
+BENCH_LABEL = {  # (dense, int8, layout) -> the model label of this graph's rows in the run's bench
+    (True, False, None): "dense",
+    (False, False, None): "sparse",
+    (False, True, "qdq"): "sparse-int8",
+    (False, True, "matmulinteger"): "sparse-int8-mmi",
+}
 MAX_BATCH = 64  # Triton's max_batch_size and the served batch limit
 ONNX_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 10: "TYPE_FP16", 9: "TYPE_BOOL"}
 
@@ -144,8 +151,17 @@ def model_card(report: dict, name: str) -> str:
 
 
 def package(
-    run_dir: Path, out: Path, fmt: str = "plain", name: str | None = None, int8: bool = False, dense: bool = False
+    run_dir: Path,
+    out: Path,
+    fmt: str = "plain",
+    name: str | None = None,
+    int8: bool = False,
+    dense: bool = False,
+    layout: str | None = None,
 ) -> Path:
+    """`layout` (with int8): "qdq" (ORT's QDQ pairs, per-channel weights) or "matmulinteger"
+    (per-tensor MatMulInteger → Cast → Mul, the layout DeepSparse accelerates; made by static
+    runs); default: matmulinteger where the run has it."""
     from ..run import load_run_recipe
     from ..tasks.registry import get_task
 
@@ -171,8 +187,15 @@ def package(
         q = read_json(qjson) if qjson.is_file() else {}
         if q.get("quantize") not in ("int8", "int8-static"):
             raise UserError(f"{run_dir}: no INT8 model; run with --quantize int8 first")
-        source = run_dir / "quantize" / "model.int8.onnx"
-        qt = q["zeros"]["tensors"]
+        has_mmi = "mmi" in q.get("zeros", {})
+        layout = layout or ("matmulinteger" if has_mmi else "qdq")
+        if layout not in INT8_LAYOUTS:
+            raise UserError(f"--layout must be one of {', '.join(INT8_LAYOUTS)}, got '{layout}'")
+        if layout == "matmulinteger" and not has_mmi:
+            raise UserError(f"{run_dir}: no MatMulInteger graph; run with --quantize int8-static")
+        source = run_dir / "quantize" / INT8_LAYOUTS[layout]
+        zeros = q["zeros"]["mmi"] if layout == "matmulinteger" else q["zeros"]
+        qt = zeros["tensors"]
         initializers = {
             k: {
                 "onnx_name": f"{v['onnx_name']}_quantized",
@@ -182,7 +205,7 @@ def package(
             for k, v in initializers.items()
             if v["onnx_name"] in qt
         }
-        encoder_sparsity = q["zeros"]["encoder_sparsity_int8"]
+        encoder_sparsity = zeros["encoder_sparsity_int8"]
     if dense:  # the dense baseline graph of the same run: what the sparse one is served against
         source, initializers, encoder_sparsity = export_dir / "dense.onnx", {}, 0.0
         if not source.is_file():
@@ -239,6 +262,8 @@ def package(
             "target_sparsity": recipe.prune.target_sparsity,
             "encoder_sparsity": encoder_sparsity,
             "precision": "int8" if int8 else "fp32",
+            "int8_layout": layout if int8 else None,
+            "measured_as": BENCH_LABEL[(dense, int8, layout if int8 else None)],  # the report's bench rows
             "graph": "dense" if dense else "sparse",
             "max_batch_size": MAX_BATCH,
             "per_layer_sparsity": report["sparsity"]["per_layer"],

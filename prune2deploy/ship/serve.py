@@ -214,6 +214,12 @@ class Server:
 
 def serve_forever(artifact: Path, runtime: str, threads: int, host: str, port: int, name: str | None) -> int:
     """`p2d serve`: start, say where, stream nothing, stop on Ctrl-C or when the server exits."""
+    import signal
+
+    def stop(*_):  # a service manager's SIGTERM stops the server as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     server = Server(artifact, runtime, threads, host, port, name, log=None)
     with server:
         print(
