@@ -399,5 +399,13 @@ def validate(r: Recipe) -> None:
     for name in r.bench.runtimes:
         if name != "auto" and name not in runtime_names():
             raise UserError(f"unknown runtime '{name}' (known: auto, {', '.join(runtime_names())})")
+    if r.export.quantize != "none" and "auto" not in r.bench.runtimes:
+        from .runtimes.registry import runtime_format
+
+        if all(runtime_format(n) != "onnx" for n in r.bench.runtimes):
+            raise UserError(
+                f"--quantize {r.export.quantize}: runtime {', '.join(r.bench.runtimes)} cannot run an INT8 ONNX graph "
+                "(it runs the PyTorch model); add an ONNX runtime, e.g. --runtime onnxruntime,deepsparse"
+            )
     if not r.bench.batch_sizes or not r.bench.seq_lens or min(r.bench.batch_sizes + r.bench.seq_lens) <= 0:
         raise UserError("bench.batch_sizes and bench.seq_lens must be positive")

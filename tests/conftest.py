@@ -54,6 +54,17 @@ def rt_smoke_run(tmp_path_factory, tiny_model_dir):
     return out
 
 
+@pytest.fixture(scope="session")
+def artifact(rt_smoke_run, tmp_path_factory):
+    """`p2d package` of that run (plain layout); tests that change it work on a copy."""
+    from tests.test_cli import p2d
+
+    out = tmp_path_factory.mktemp("art") / "plain"
+    res = p2d("package", rt_smoke_run, "--out", out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
 @pytest.fixture
 def tiny_qa():
     from transformers import BertForQuestionAnswering

@@ -54,6 +54,10 @@ def assert_user_error(res, *needles):
             ["data.train_examples must be in [1, inf)"],
         ),
         (["run", "squad", "--set", "bench.iters=0", "--profile", "smoke"], ["bench.iters must be in [1, inf)"]),
+        (
+            ["run", "squad", "--quantize", "int8", "--runtime", "torch", "--profile", "smoke"],
+            ["runtime torch cannot run an INT8 ONNX graph"],
+        ),
     ],
 )
 def test_bad_flags(args, needles, tmp_path):

@@ -105,6 +105,19 @@ def test_openvino_fp32_matches_ort(sparse_onnx):
     assert np.abs(outputs[0] - ref[0]).max() < 1e-3 and len(times) >= 3
 
 
+def test_openvino_sparse_on_fp32_weights_says_not_engaged(sparse_onnx):
+    """The compiled model's runtime info names each weight layer's kernel; fp32 weights never
+    get OpenVINO's sparse decompression (INT8 on AMX only), so the row is refused, not timed."""
+    from prune2deploy.runtimes.openvino import fully_connected_kernels
+
+    import openvino as ov
+
+    kernels = fully_connected_kernels(ov.Core().compile_model(str(sparse_onnx), "CPU"))
+    assert kernels and not any("sparse" in k for k in kernels)
+    with pytest.raises(RuntimeError, match="sparse weights not engaged: its FullyConnected layers run "):
+        get_runtime("openvino-sparse").bench(sparse_onnx, _inputs(), 2, 1, 3, 0.0)
+
+
 def test_bench_any_onnx_file_cli(sparse_onnx, tmp_path):
     res = p2d(
         "bench",

@@ -32,14 +32,6 @@ from prune2deploy.ship.serve_check import (  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, rt_smoke_run):
-    out = tmp_path_factory.mktemp("serve") / "art"
-    res = p2d("package", rt_smoke_run, "--out", out)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return out
-
-
-@pytest.fixture(scope="module")
 def server(artifact):
     """One ONNX Runtime server for the tests that only send requests (stopped after them)."""
     with Server(artifact, "onnxruntime") as s:

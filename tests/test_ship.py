@@ -90,14 +90,6 @@ def test_update_baseline_then_gate_passes(run_dir, tmp_path):
     assert p2d("gate", run_dir, "--baseline", base).returncode == 0
 
 
-@pytest.fixture(scope="module")
-def artifact(run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "plain"
-    res = p2d("package", run_dir, "--out", out)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return out
-
-
 def test_package_then_verify_round_trip(artifact):
     m = json.loads((artifact / "manifest.json").read_text())
     assert set(m["files"]) >= {"model.onnx", "tokenizer.json", "config.json", "README.md", "samples.npz"}

@@ -31,6 +31,11 @@ def runtime_names() -> list[str]:
     return list(_all())
 
 
+def runtime_format(name: str) -> str:
+    """"onnx" or "hf" (what the runtime takes), installed or not."""
+    return _all()[name].format
+
+
 def get_runtime(name: str) -> Runtime:
     runtimes = _all()
     if name not in runtimes:
