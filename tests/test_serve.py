@@ -145,6 +145,7 @@ def test_serve_check_cli(artifact):
 
 def test_p2d_serve_answers_then_stops_on_sigterm(artifact):
     import os
+    import selectors
     import signal
     import subprocess
     import sys
@@ -162,16 +163,17 @@ def test_p2d_serve_answers_then_stops_on_sigterm(artifact):
     name = json.loads((artifact / "manifest.json").read_text())["name"]
     url = f"http://127.0.0.1:{port}/v2/models/{name}/ready"
     try:
-        deadline, ready = time.monotonic() + 120, False
-        while time.monotonic() < deadline and proc.poll() is None and not ready:
-            try:
-                ready = urllib.request.urlopen(url, timeout=2).status == 200
-            except OSError:
-                time.sleep(0.25)
-        assert ready, proc.stderr.read() if proc.poll() is not None else "not ready in 120 s"
+        # ready when p2d says so (its line comes after its own readiness check); bounded
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        deadline, said = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and proc.poll() is None and not said.startswith("serving "):
+            if sel.select(timeout=1):
+                said = proc.stderr.readline()
+        assert said.startswith(f"serving {name} "), said or "p2d serve said nothing in 120 s"
+        assert urllib.request.urlopen(url, timeout=5).status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        assert "serving " + name in proc.stderr.read()
         with pytest.raises(OSError):  # the server went with it
             urllib.request.urlopen(url, timeout=2)
     finally:

@@ -220,14 +220,15 @@ def serve_forever(artifact: Path, runtime: str, threads: int, host: str, port: i
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    server = Server(artifact, runtime, threads, host, port, name, log=None)
-    with server:
-        print(
-            f"serving {server.name} ({runtime}, {threads} threads) at http://{server.url}/v2/models/{server.name} "
-            f"(KServe V2; Ctrl-C stops; server log {server.log_path})",
-            file=sys.stderr,
-        )
-        try:
+    try:
+        server = Server(artifact, runtime, threads, host, port, name, log=None)
+        with server:  # stops the server on the way out, however it is left
+            print(
+                f"serving {server.name} ({runtime}, {threads} threads) at http://{server.url}/v2/models/{server.name} "
+                f"(KServe V2; Ctrl-C stops; server log {server.log_path})",
+                file=sys.stderr,
+                flush=True,
+            )
             return server.proc.wait()
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, also while it was starting: a clean stop
+        return 0
