@@ -124,6 +124,8 @@ class P2DModel(MLModel):
                 from tokenizers import Tokenizer
 
                 self._tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+                self._tokenizer.enable_truncation(self._max_seq)
+                self._tokenizer.enable_padding()
             except ImportError:
                 self._no_text = "raw text needs the tokenizers package in the serving environment: send token ids"
         self._lock = asyncio.Lock()
@@ -137,10 +139,7 @@ class P2DModel(MLModel):
         pair = StringCodec.decode_input(given["text_pair"]) if "text_pair" in given else None
         if pair is not None and len(pair) != len(text):
             raise InferenceError(f"text has {len(text)} rows and text_pair {len(pair)}")
-        tok = self._tokenizer
-        tok.enable_truncation(self._max_seq)
-        tok.enable_padding()
-        enc = tok.encode_batch(list(zip(text, pair)) if pair is not None else list(text))
+        enc = self._tokenizer.encode_batch(list(zip(text, pair)) if pair is not None else list(text))
         arrays = {
             "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),

@@ -31,13 +31,8 @@ TOKENIZER_FILES = (
     "vocab.json",
     "config.json",
 )
-INT8_LAYOUTS = {"qdq": "model.int8.onnx", "matmulinteger": "model.int8-mmi.onnx"}
-BENCH_LABEL = {  # (dense, int8, layout) -> the model label of this graph's rows in the run's bench
-    (True, False, None): "dense",
-    (False, False, None): "sparse",
-    (False, True, "qdq"): "sparse-int8",
-    (False, True, "matmulinteger"): "sparse-int8-mmi",
-}
+# --layout -> (the quantize stage's graph, the model label of its rows in the run's bench)
+INT8_LAYOUTS = {"qdq": ("model.int8.onnx", "sparse-int8"), "matmulinteger": ("model.int8-mmi.onnx", "sparse-int8-mmi")}
 MAX_BATCH = 64  # Triton's max_batch_size and the served batch limit
 ONNX_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 10: "TYPE_FP16", 9: "TYPE_BOOL"}
 
@@ -193,7 +188,7 @@ def package(
             raise UserError(f"--layout must be one of {', '.join(INT8_LAYOUTS)}, got '{layout}'")
         if layout == "matmulinteger" and not has_mmi:
             raise UserError(f"{run_dir}: no MatMulInteger graph; run with --quantize int8-static")
-        source = run_dir / "quantize" / INT8_LAYOUTS[layout]
+        source = run_dir / "quantize" / INT8_LAYOUTS[layout][0]
         zeros = q["zeros"]["mmi"] if layout == "matmulinteger" else q["zeros"]
         qt = zeros["tensors"]
         initializers = {
@@ -263,7 +258,7 @@ def package(
             "encoder_sparsity": encoder_sparsity,
             "precision": "int8" if int8 else "fp32",
             "int8_layout": layout if int8 else None,
-            "measured_as": BENCH_LABEL[(dense, int8, layout if int8 else None)],  # the report's bench rows
+            "measured_as": INT8_LAYOUTS[layout][1] if int8 else ("dense" if dense else "sparse"),  # its bench rows
             "graph": "dense" if dense else "sparse",
             "max_batch_size": MAX_BATCH,
             "per_layer_sparsity": report["sparsity"]["per_layer"],

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json
+from .verify import reference_samples
 
 V2_DTYPES = {np.dtype("int64"): "INT64", np.dtype("int32"): "INT32", np.dtype("float32"): "FP32"}
 
@@ -46,12 +47,10 @@ def infer(c, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> l
 
 
 def samples(artifact: Path) -> tuple[dict, dict[str, np.ndarray], list[np.ndarray], list[str]]:
+    """(manifest, stored inputs, reference outputs, output names) of an artifact."""
     manifest = read_json(Path(artifact) / "manifest.json")
-    with np.load(Path(artifact) / manifest["reference"]["file"], allow_pickle=False) as data:
-        inputs = {k.split(".", 1)[1]: data[k] for k in data.files if k.startswith("input.")}
-        outs = [o["name"] for o in manifest["outputs"]]
-        expected = [data[f"output.{o}"] for o in outs]
-    return manifest, inputs, expected, outs
+    inputs, expected = reference_samples(artifact, manifest)
+    return manifest, inputs, expected, [o["name"] for o in manifest["outputs"]]
 
 
 def reference_check(url: str, model: str, artifact: Path) -> tuple[str | None, list[str]]:

@@ -29,6 +29,14 @@ def check_files(path: Path, manifest: dict) -> str | None:
     return None
 
 
+def reference_samples(path: Path, manifest: dict) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The artifact's stored inputs by name, and its reference outputs in the manifest's order."""
+    with np.load(Path(path) / manifest["reference"]["file"], allow_pickle=False) as data:
+        inputs = {k.split(".", 1)[1]: data[k] for k in data.files if k.startswith("input.")}
+        expected = [data[f"output.{o['name']}"] for o in manifest["outputs"]]
+    return inputs, expected
+
+
 def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
     """(first failure or None, the checks that passed)."""
     path = Path(path)
@@ -80,9 +88,7 @@ def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
     from ..runtimes import onnxruntime as ort_rt
 
     ref = manifest["reference"]
-    with np.load(path / ref["file"], allow_pickle=False) as data:
-        inputs = {k.split(".", 1)[1]: data[k] for k in data.files if k.startswith("input.")}
-        expected = [data[f"output.{o['name']}"] for o in manifest["outputs"]]
+    inputs, expected = reference_samples(path, manifest)
     b = len(inputs["input_ids"])
     got = ort_rt.load(model_path, 1)(inputs)
     for o, e, g in zip(manifest["outputs"], expected, got):
