@@ -76,6 +76,14 @@ _rows = {
         {**GRADUAL, **LR2X, "prune.epochs": 3.0, "prune.prune_end": 2.25, "prune.prune_freq": 0.15},
     ),
     "gradual_lr2x_t1": ("the default with KD temperature 1", {**GRADUAL, **LR2X, "prune.kd_temperature": 1.0}),
+    "gradual_lr2x_b8": (
+        "the default with batch 8 instead of 16: twice the optimizer steps over the same data",
+        {**GRADUAL, **LR2X, "prune.batch_size": 8},
+    ),
+    "gradual_lr2x_end1": (
+        "the default reaching the target at 1.0 ep instead of 1.5 (a step every 0.067 ep): half the run recovers",
+        {**GRADUAL, **LR2X, "prune.prune_end": 1.0, "prune.prune_freq": 1.0 / 15},
+    ),
     "gradual_lr2x_obert": (
         "the default schedule with oBERT (16 pruning steps of 64 gradients)",
         {**GRADUAL, **LR2X, "prune.method": "obert"},
