@@ -1,9 +1,12 @@
 """Quantization-aware fine-tuning (QAT) of a pruned model, matched to the static QDQ graph.
 
-The quantize stage's `int8-static` graph quantizes every weight MatMul: weights symmetric
-per output channel (scale max|w| / 127, zero point 0) and the MatMul's input activation
-asymmetric uint8 per tensor (min-max range, 0 inside it). During QAT each prunable Linear runs
-on fake-quantized weights and inputs of exactly that form, with straight-through gradients,
+The quantize stage's `int8-static` graphs quantize every weight MatMul: weights symmetric
+(scale max|w| / 127, zero point 0) per tensor in the MatMulInteger graph that `p2d package
+--int8` ships by default (DeepSparse's layout), per output channel in the QDQ graph; the
+MatMul's input activation asymmetric uint8 per tensor (min-max range, 0 inside it). During QAT
+each prunable Linear runs on fake-quantized weights (`export.qat_weights`: per_tensor, the
+default, or per_channel: the rounding of the graph that ships) and inputs of exactly that form,
+with straight-through gradients,
 so the fine-tuning learns weights that survive the rounding. A pruned weight fake-quantizes
 to 0 (0 / s = 0) and the masks are re-applied after every step as in pruning. `detach`
 returns the plain Linears; the weights stay fp32, on (or next to) the INT8 grid, and the
@@ -21,8 +24,9 @@ from torch import nn
 MOMENTUM = 0.01  # running min/max of the activations (EMA), like an observer
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    s = w.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+def fake_quant_weight(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    absmax = w.detach().abs().amax(dim=1, keepdim=True) if per_channel else w.detach().abs().amax()
+    s = absmax.clamp(min=1e-12) / 127.0
     q = torch.clamp(torch.round(w / s), -127, 127) * s
     return w + (q - w).detach()  # straight-through estimator
 
@@ -35,7 +39,7 @@ def fake_quant_act(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return x + (q - x).detach()
 
 
-def attach(modules: dict[str, nn.Module]) -> None:
+def attach(modules: dict[str, nn.Module], per_channel: bool = False) -> None:
     """Give each Linear a fake-quantized forward (and activation-range buffers)."""
     for module in modules.values():
         module.register_buffer("qat_range", torch.tensor([float("inf"), float("-inf")]), persistent=False)
@@ -51,7 +55,7 @@ def attach(modules: dict[str, nn.Module]) -> None:
                         r.mul_(1 - MOMENTUM).add_(torch.stack([lo, hi]) * MOMENTUM)
             lo, hi = (float(v) for v in m.qat_range)
             xq = fake_quant_act(x, lo, hi) if lo < hi else x
-            return F.linear(xq, fake_quant_weight(m.weight), m.bias)
+            return F.linear(xq, fake_quant_weight(m.weight, per_channel), m.bias)
 
         module.forward = forward
 
@@ -92,7 +96,7 @@ def finetune(recipe, task, teacher, sparse_dir, masks: dict, out: Path) -> tuple
         kd_hardness=p.kd_hardness,
         description="QAT (fake INT8)",
     )
-    attach(modules)
+    attach(modules, per_channel=e.qat_weights == "per_channel")
     try:
         log_ = fit(student, features, tokenizer, cfg, teacher=teacher if p.kd_hardness > 0 else None, modules=modules)
     finally:
@@ -105,6 +109,7 @@ def finetune(recipe, task, teacher, sparse_dir, masks: dict, out: Path) -> tuple
         "epochs": e.qat_epochs,
         "steps": total,
         "lr": e.qat_lr,
+        "weights": e.qat_weights,
         "final_loss": log_["losses"][-1]["loss"] if log_["losses"] else None,
         "encoder_sparsity": report["encoder_sparsity"],
         "model_dir": "quantize/qat_model",

@@ -87,6 +87,7 @@ class ExportConfig:
     quantize: str = "none"  # none | int8 (ORT dynamic) | int8-static (QDQ, calibrated); per-channel symmetric INT8 weights: zeros stay zero  # noqa: E501 - one message/literal
     qat_epochs: float = 0.0  # > 0 (with int8-static): quantization-aware KD fine-tuning of the sparse model first
     qat_lr: float = 1e-5
+    qat_weights: str = "per_tensor"  # the weight rounding QAT learns: per_tensor (the MatMulInteger graph `package --int8` ships) | per_channel (the QDQ graph)  # noqa: E501 - one message/literal
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,8 @@ def validate(r: Recipe) -> None:
         )
     if r.export.qat_epochs < 0 or r.export.qat_lr <= 0:
         raise UserError("export.qat_epochs must be >= 0 and export.qat_lr > 0")
+    if r.export.qat_weights not in ("per_tensor", "per_channel"):
+        raise UserError(f"export.qat_weights must be per_tensor or per_channel, not '{r.export.qat_weights}'")
     if r.export.qat_epochs > 0 and r.export.quantize != "int8-static":
         raise UserError("export.qat_epochs needs --quantize int8-static (QAT learns the static QDQ graph's rounding)")
     if r.export.quantize not in ("none", "int8", "int8-static"):

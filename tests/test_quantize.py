@@ -250,14 +250,17 @@ def test_fake_quant_keeps_zeros_lands_on_the_int8_grid_and_passes_gradients():
 
     w = torch.randn(6, 16)
     w[w.abs() < 0.5] = 0.0
+    w[0] *= 10  # one row with a larger range: per-tensor and per-channel grids differ
     w.requires_grad_(True)
-    q = fake_quant_weight(w)
-    assert torch.equal(q[w == 0], torch.zeros_like(q[w == 0]))
-    s = w.detach().abs().amax(1, keepdim=True) / 127
-    grid = q.detach() / s
-    assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 127 + 1e-4
-    q.sum().backward()
-    assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
+    for per_channel, s in ((True, w.detach().abs().amax(1, keepdim=True) / 127), (False, w.detach().abs().max() / 127)):
+        q = fake_quant_weight(w, per_channel)
+        assert torch.equal(q[w == 0], torch.zeros_like(q[w == 0]))
+        grid = q.detach() / s  # one scale for the tensor, or one a row: on exactly that INT8 grid
+        assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.abs().max() <= 127 + 1e-4
+        q.sum().backward()
+        assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
+        w.grad = None
+    assert not torch.allclose(fake_quant_weight(w, True)[1:], fake_quant_weight(w, False)[1:])
     x = torch.linspace(-1, 3, 101)
     xq = fake_quant_act(x, -1.0, 3.0)
     assert (xq - x).abs().max() <= 4.0 / 255 / 2 + 1e-6 and len(torch.unique(xq)) <= 256
@@ -286,6 +289,7 @@ def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
     assert (
         rec["quantize"] == "int8-static"
         and rec["qat"]["steps"] > 0
+        and rec["qat"]["weights"] == "per_tensor"  # the rounding of the graph package ships by default
         and abs(rec["qat"]["encoder_sparsity"] - 0.7) < 1e-3
     )
     assert rec["tensors"] == 12 and rec["encoder_sparsity_int8"] >= 0.7 - 1e-6

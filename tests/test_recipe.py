@@ -36,6 +36,7 @@ def test_overrides_and_coercion():
     ({"prune.bogus": 1}, "unknown key 'bogus'"),
     ({"teacher.epochs": [1]}, "expected a number"),
     ({"prune.scope": "row"}, "scope"),
+    ({"export.qat_weights": "per_row"}, "qat_weights must be per_tensor or per_channel"),
 ])
 def test_bad_overrides(overrides, match):
     with pytest.raises(UserError, match=match):
