@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import read_json
+from .report import BENCH_COLUMNS
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
@@ -259,39 +260,8 @@ def write_report(run_dirs: list[Path], out: Path) -> dict:
         ],
     )
     bench_table = _table(
-        [
-            "task",
-            "method",
-            "sparsity",
-            "runtime",
-            "precision",
-            "model",
-            "batch",
-            "seq",
-            "p50 ms",
-            "p90 ms",
-            "items/s",
-            "vs dense same rt",
-            "vs best dense",
-        ],
-        [
-            [
-                r["task"],
-                r["method"],
-                r["sparsity"],
-                r["runtime"],
-                r.get("precision"),
-                r["model"],
-                r["batch_size"],
-                r["seq_len"],
-                r["p50_ms"],
-                r.get("p90_ms"),
-                r.get("throughput"),
-                r.get("speedup_vs_dense_same_runtime"),
-                r.get("speedup_vs_best_dense"),
-            ]
-            for r in rows
-        ],
+        ["task", "method", "sparsity", *(header for header, _, _ in BENCH_COLUMNS)],
+        [[r["task"], r["method"], r["sparsity"], *(r.get(key) for _, key, _ in BENCH_COLUMNS)] for r in rows],
     )
     title = "prune2deploy report: " + ", ".join(sorted({p["task"] for p in pts}))
     page = PAGE.format(

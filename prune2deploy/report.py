@@ -109,52 +109,32 @@ def summary_table(report: dict) -> Table:
     return t
 
 
+# The bench table's columns, one table for the terminal (`print_bench`) and the HTML page:
+# (header, the bench row's key, its format in the terminal)
+BENCH_COLUMNS = (
+    ("runtime", "runtime", "{}"),
+    ("precision", "precision", "{}"),
+    ("model", "model", "{}"),
+    ("batch", "batch_size", "{}"),
+    ("seq", "seq_len", "{}"),
+    ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p90 ms", "p90_ms", "{:.2f}"),
+    ("items/s", "throughput", "{:.1f}"),
+    ("vs dense same rt", "speedup_vs_dense_same_runtime", "{:.2f}x"),
+    ("vs dense ORT", "speedup_vs_dense_onnxruntime", "{:.2f}x"),
+    ("vs best dense", "speedup_vs_best_dense", "{:.2f}x"),
+)
+
+
 def print_bench(rows: list[dict]) -> None:
     t = Table(title="bench (p50 ms; speedups of sparse rows)")
-    for col in (
-        "runtime",
-        "precision",
-        "model",
-        "batch",
-        "seq",
-        "p50 ms",
-        "p90 ms",
-        "items/s",
-        "vs dense same rt",
-        "vs dense ORT",
-        "vs best dense",
-    ):
-        t.add_column(col)
-    f = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+    for header, _, _ in BENCH_COLUMNS:
+        t.add_column(header)
     for r in rows:
-        if "p50_ms" not in r:
-            t.add_row(
-                r["runtime"],
-                r["precision"],
-                r["model"],
-                str(r["batch_size"]),
-                str(r["seq_len"]),
-                f"[red]{r['error'][:60]}[/red]",
-                "",
-                "",
-                "",
-                "",
-                "",
-            )
-            continue
-        t.add_row(
-            r["runtime"],
-            r["precision"],
-            r["model"],
-            str(r["batch_size"]),
-            str(r["seq_len"]),
-            f"{r['p50_ms']:.2f}",
-            f"{r['p90_ms']:.2f}",
-            f"{r['throughput']:.1f}",
-            f(r.get("speedup_vs_dense_same_runtime")),
-            f(r.get("speedup_vs_dense_onnxruntime")),
-            f(r.get("speedup_vs_best_dense")),
-        )
+        cells = ["-" if r.get(key) is None else fmt.format(r[key]) for _, key, fmt in BENCH_COLUMNS]
+        if "p50_ms" not in r:  # a row that could not run: its error where the timings go
+            cells = cells[:5] + [f"[red]{r['error'][:60]}[/red]"] + [""] * (len(cells) - 6)
+        t.add_row(*cells)
     Console().print(t)
 
 
