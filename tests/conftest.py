@@ -44,12 +44,10 @@ def tiny_model_dir(tmp_path_factory):
 def rt_smoke_run(tmp_path_factory, tiny_model_dir):
     """A finished smoke run (rotten_tomatoes, 70%) on the tiny BERT, made once for the tests that
     only read it (gate, package, verify, serve)."""
-    from tests.test_cli import p2d
+    from tests.test_cli import p2d_smoke
 
     out = tmp_path_factory.mktemp("rt-smoke") / "run"
-    res = p2d(
-        "run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.7", "--model", tiny_model_dir, "--out", out
-    )
+    res = p2d_smoke("rotten_tomatoes", tiny_model_dir, out, "--sparsity", "0.7")
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 

@@ -23,6 +23,11 @@ def p2d(*args, cwd=None, timeout=600):
     )
 
 
+def p2d_smoke(task, model, out, *args, **kw):
+    """`p2d run TASK --profile smoke --model MODEL --out OUT ARGS...`: the tests' tiny pipeline."""
+    return p2d("run", task, "--profile", "smoke", "--model", model, "--out", out, *args, **kw)
+
+
 def assert_user_error(res, *needles):
     assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
@@ -67,7 +72,7 @@ def test_bad_flags(args, needles, tmp_path):
 
 
 def test_missing_model_path(tmp_path):
-    res = p2d("run", "squad", "--profile", "smoke", "--model", tmp_path / "nope", "--out", tmp_path / "run")
+    res = p2d_smoke("squad", tmp_path / "nope", tmp_path / "run")
     assert_user_error(res, "does not exist")
     assert not any((tmp_path / "run").glob("*/stage.json"))
 
@@ -75,10 +80,10 @@ def test_missing_model_path(tmp_path):
 def test_not_a_model(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
-    res = p2d("run", "squad", "--profile", "smoke", "--model", d, "--out", tmp_path / "run")
+    res = p2d_smoke("squad", d, tmp_path / "run")
     assert_user_error(res, "not a model directory")
     (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    res = p2d("run", "squad", "--profile", "smoke", "--model", d, "--out", tmp_path / "run2")
+    res = p2d_smoke("squad", d, tmp_path / "run2")
     assert_user_error(res, "not a BERT-family")
 
 
@@ -94,12 +99,12 @@ def _tiny_bert_dir(d):
 def test_corrupt_or_pickle_only_weights(tmp_path):
     d = _tiny_bert_dir(tmp_path / "m")
     (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--model", d, "--out", tmp_path / "run")
+    res = p2d_smoke("rotten_tomatoes", d, tmp_path / "run")
     assert_user_error(res, "corrupt safetensors", "model.safetensors")
     assert not (tmp_path / "run").exists()
     (d / "model.safetensors").unlink()
     (d / "pytorch_model.bin").write_bytes(b"not loaded")
-    res = p2d("run", "rotten_tomatoes", "--profile", "smoke", "--model", d, "--out", tmp_path / "run")
+    res = p2d_smoke("rotten_tomatoes", d, tmp_path / "run")
     assert_user_error(res, "no .safetensors", "pytorch_model.bin")
 
 
@@ -258,20 +263,7 @@ def test_kill_9_during_prune_then_resume_matches_uninterrupted(smoke_run):
 
 def test_export_parity_failure_is_one_line_and_writes_no_export(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    res = p2d(
-        "run",
-        "rotten_tomatoes",
-        "--profile",
-        "smoke",
-        "--sparsity",
-        "0.5",
-        "--model",
-        tiny_model_dir,
-        "--out",
-        out,
-        "--set",
-        "export.atol=1e-15",
-    )
+    res = p2d_smoke("rotten_tomatoes", tiny_model_dir, out, "--sparsity", "0.5", "--set", "export.atol=1e-15")
     assert_user_error(res, "export: sparse ONNX outputs differ from PyTorch by", "> atol 1e-15")
     assert (out / "prune" / "stage.json").is_file()  # the stages before it stand
     assert not (out / "export").exists() and not list(out.glob(".export*"))  # nothing half-written

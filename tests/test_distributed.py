@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import assert_user_error, p2d
+from test_cli import assert_user_error, p2d, p2d_smoke
 
 from prune2deploy.distributed import strip_launch_options
 
@@ -114,17 +114,12 @@ def test_p2d_run_with_accelerate_launcher_ten_times_in_a_row(tmp_path, tiny_mode
     for i in range(10):
         run = tmp_path / f"run{i}"
         extra = ["--quantize", "int8-static", "--set", "export.qat_epochs=1"] if i == 0 else []
-        res = p2d(
-            "run",
+        res = p2d_smoke(
             "rotten_tomatoes",
-            "--profile",
-            "smoke",
+            tiny_model_dir,
+            run,
             "--sparsity",
             "0.6",
-            "--model",
-            tiny_model_dir,
-            "--out",
-            run,
             "--launcher",
             "accelerate",
             "--processes",

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from test_cli import assert_user_error, p2d
+from test_cli import assert_user_error, p2d, p2d_smoke
 
 from prune2deploy.errors import UserError
 from prune2deploy.recipe import load_recipe
@@ -157,21 +157,7 @@ def test_multiple_choice_pipeline_export_bench_package(tmp_path, tiny_model_dir,
     data = csqa_dir(tmp_path / "data")
     run = tmp_path / "run"
     extra = ["--quantize", "int8-static"] if family == "bert" else []  # QDQ calibrated on (batch, 5, seq) inputs
-    res = p2d(
-        "run",
-        "commonsense_qa",
-        "--profile",
-        "smoke",
-        "--sparsity",
-        "0.7",
-        "--model",
-        model,
-        "--data-dir",
-        data,
-        "--out",
-        run,
-        *extra,
-    )
+    res = p2d_smoke("commonsense_qa", model, run, "--sparsity", "0.7", "--data-dir", data, *extra)
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads((run / "report.json").read_text())
     assert rep["metric"] == "accuracy" and rep["metrics"]["sparse"]["eval_examples"] == 8

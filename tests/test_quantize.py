@@ -6,26 +6,13 @@ import numpy as np
 import pytest
 
 from prune2deploy.errors import VerificationError
-from test_cli import assert_user_error, p2d
+from test_cli import assert_user_error, p2d, p2d_smoke
 
 
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("int8") / "run"
-    res = p2d(
-        "run",
-        "rotten_tomatoes",
-        "--profile",
-        "smoke",
-        "--sparsity",
-        "0.7",
-        "--model",
-        tiny_model_dir,
-        "--quantize",
-        "int8",
-        "--out",
-        out,
-    )
+    res = p2d_smoke("rotten_tomatoes", tiny_model_dir, out, "--sparsity", "0.7", "--quantize", "int8")
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -113,20 +100,7 @@ def test_package_int8_then_verify(int8_run, tmp_path):
 
 def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    res = p2d(
-        "run",
-        "rotten_tomatoes",
-        "--profile",
-        "smoke",
-        "--sparsity",
-        "0.5",
-        "--pattern",
-        "2:4",
-        "--model",
-        tiny_model_dir,
-        "--out",
-        out,
-    )
+    res = p2d_smoke("rotten_tomatoes", tiny_model_dir, out, "--sparsity", "0.5", "--pattern", "2:4")
     assert res.returncode == 0, res.stderr[-3000:]
     from prune2deploy.onnx_sparsity import load_initializers
 
@@ -268,21 +242,16 @@ def test_fake_quant_keeps_zeros_lands_on_the_int8_grid_and_passes_gradients():
 
 def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    res = p2d(
-        "run",
+    res = p2d_smoke(
         "rotten_tomatoes",
-        "--profile",
-        "smoke",
+        tiny_model_dir,
+        out,
         "--sparsity",
         "0.7",
-        "--model",
-        tiny_model_dir,
         "--quantize",
         "int8-static",
         "--set",
         "export.qat_epochs=1",
-        "--out",
-        out,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     rec = json.loads((out / "quantize" / "stage.json").read_text())["result"]
@@ -314,19 +283,14 @@ def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
     assert_user_error(p2d("package", out, "--out", tmp_path / "x", "--int8", "--layout", "mmi"), "--layout must be")
     assert_user_error(p2d("package", out, "--out", tmp_path / "y", "--layout", "qdq"), "--layout applies to --int8")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-    bad = p2d(
-        "run",
+    bad = p2d_smoke(
         "rotten_tomatoes",
-        "--profile",
-        "smoke",
-        "--model",
         tiny_model_dir,
+        tmp_path / "r2",
         "--quantize",
         "int8",
         "--set",
         "export.qat_epochs=1",
-        "--out",
-        tmp_path / "r2",
     )
     assert_user_error(bad, "needs --quantize int8-static")
 
@@ -373,21 +337,17 @@ def test_block_pattern_bad_input(tmp_path, tiny_model_dir):
     )
     # the tiny model's dims (32, 64) are not multiples of 3: the pattern cannot be laid exactly
     assert_user_error(
-        p2d(
-            "run",
-            "rotten_tomatoes",
-            "--profile",
-            "smoke",
-            "--pattern",
-            "block3",
-            "--model",
-            tiny_model_dir,
-            "--out",
-            tmp_path / "b",
-        ),
+        p2d_smoke("rotten_tomatoes", tiny_model_dir, tmp_path / "b", "--pattern", "block3"),
         "--pattern block3:",
         "not a multiple of 3",
     )
-    assert_user_error(p2d("run", "rotten_tomatoes", "--profile", "smoke", "--pattern", "block4", "--method", "obert",
-                          "--model", tiny_model_dir, "--out", tmp_path / "c"), "block_size a multiple of 4, got 50")
+    assert_user_error(p2d_smoke(
+        "rotten_tomatoes",
+        tiny_model_dir,
+        tmp_path / "c",
+        "--pattern",
+        "block4",
+        "--method",
+        "obert",
+    ), "block_size a multiple of 4, got 50")
     assert not (tmp_path / "c").exists()  # refused with the recipe, before any stage ran

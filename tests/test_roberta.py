@@ -2,7 +2,7 @@
 
 import json
 
-from test_cli import p2d
+from test_cli import p2d_smoke
 
 
 def test_roberta_smoke_pipeline(tmp_path):
@@ -26,9 +26,7 @@ def test_roberta_smoke_pipeline(tmp_path):
     )
     RobertaForMaskedLM(cfg).save_pretrained(model)
     tok.save_pretrained(model)
-    res = p2d(
-        "run", "rotten_tomatoes", "--profile", "smoke", "--sparsity", "0.6", "--model", model, "--out", tmp_path / "run"
-    )
+    res = p2d_smoke("rotten_tomatoes", model, tmp_path / "run", "--sparsity", "0.6")
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert abs(rep["sparsity"]["encoder"] - 0.6) < 1e-3 and abs(rep["onnx"]["encoder_sparsity"] - 0.6) < 1e-3
