@@ -5,8 +5,15 @@ For each shape (MiniLM-L6: 6 x 384; BERT-base: 12 x 768) and sparsity (0 = dense
 (opset 14) and time every runtime asked for at fixed shapes through p2d's own bench code.
 Idle machine please: the load average is recorded with the results.
 
+With `--int8`, every model also gets the quantize stage's static INT8 graphs, calibrated on
+random token ids: per-channel QDQ (`<label>-int8`, the layout OpenVINO and ORT run) and
+DeepSparse's per-tensor MatMulInteger layout (`<label>-int8-mmi`); "best dense" then includes
+the dense INT8 graphs, as in a run's bench.
+
     .venv/bin/python benchmarks/runtime_payoff.py --shapes minilm --batch-sizes 1,16 \
         --runtimes onnxruntime,deepsparse,openvino,openvino-bf16,openvino-sparse,torch
+    .venv/bin/python benchmarks/runtime_payoff.py --shapes bert-base --int8 \
+        --runtimes onnxruntime,deepsparse,openvino --out benchmarks/results/runtime_payoff_int8_bert-base
 """
 
 from __future__ import annotations
@@ -51,6 +58,26 @@ def build(shape: str, sparsity: float, out: Path) -> tuple[Path, Path]:
     return hf / "model.onnx", hf
 
 
+def int8_variants(label: str, onnx_path: Path, seq_len: int) -> dict[str, dict]:
+    """The static INT8 graphs of one model, calibrated on 8 batches of 8 random token ids."""
+    from prune2deploy.int8 import quantize_int8_static
+    from prune2deploy.int8_matmulinteger import to_matmulinteger
+
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(8):
+        ids = rng.integers(1000, 20000, (8, seq_len)).astype(np.int64)
+        batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    qdq, pt, mmi = (onnx_path.with_name(f"model.{k}.onnx") for k in ("int8", "int8-pt", "int8-mmi"))
+    quantize_int8_static(onnx_path, qdq, batches)
+    quantize_int8_static(onnx_path, pt, batches, per_channel=False)
+    to_matmulinteger(pt, mmi)
+    return {
+        f"{label}-int8": {"onnx": qdq, "hf": None, "precision": "int8"},
+        f"{label}-int8-mmi": {"onnx": mmi, "hf": None, "precision": "int8"},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="minilm")
@@ -61,6 +88,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--min-time", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--int8", action="store_true", help="also each model's static INT8 graphs (QDQ and MatMulInteger)")
     ap.add_argument("--out", default="benchmarks/results/runtime_payoff")
     args = ap.parse_args()
     out = Path(args.out)
@@ -71,7 +99,10 @@ def main() -> None:
             models = {}
             for s in [0.0] + [float(x) for x in args.sparsities.split(",")]:
                 onnx_path, hf = build(shape, s, Path(tmp))
-                models["dense" if s == 0 else f"sparse{int(s * 100)}"] = {"onnx": onnx_path, "hf": str(hf)}
+                label = "dense" if s == 0 else f"sparse{int(s * 100)}"
+                models[label] = {"onnx": onnx_path, "hf": str(hf)}
+                if args.int8:
+                    models.update(int8_variants(label, onnx_path, args.seq_len))
             rng = np.random.default_rng(0)
             cache = {}
 
@@ -106,7 +137,9 @@ def main() -> None:
             all_rows += rows
             print(markdown(rows), flush=True)
     # speedups: the bench code compares "sparse" rows; here every non-dense label is a sparse model
-    result = {"threads": args.threads, "load_before_and_after": os.getloadavg(), "rows": all_rows}
+    from prune2deploy.machine import cpu_info
+
+    result = {"threads": args.threads, "cpu": cpu_info(), "load_before_and_after": os.getloadavg(), "rows": all_rows}
     (out / "rows.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(markdown(all_rows))
 
