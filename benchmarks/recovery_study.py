@@ -80,6 +80,14 @@ _rows = {
         "the default with batch 8 instead of 16: twice the optimizer steps over the same data",
         {**GRADUAL, **LR2X, "prune.batch_size": 8},
     ),
+    "gradual_lr4x_b8": (
+        "gradual with 4x the LR and batch 8: both levers that helped alone",
+        {**GRADUAL, "prune.lr": 6.4e-4, "prune.lr_min": 6.4e-5, "prune.batch_size": 8},
+    ),
+    "gradual_lr8x": (
+        "gradual with 8x the LR (1.28e-3 -> 1.28e-4)",
+        {**GRADUAL, "prune.lr": 1.28e-3, "prune.lr_min": 1.28e-4},
+    ),
     "gradual_lr2x_end1": (
         "the default reaching the target at 1.0 ep instead of 1.5 (a step every 0.067 ep): half the run recovers",
         {**GRADUAL, **LR2X, "prune.prune_end": 1.0, "prune.prune_freq": 1.0 / 15},
