@@ -52,6 +52,8 @@ def build(shape: str, sparsity: float, out: Path) -> tuple[Path, Path]:
         M.attach_masks(mods)
         gmp.prune_step(mods, sparsity, "global")
     hf = out / f"{shape}-{sparsity:g}"
+    if (hf / "model.onnx").is_file():  # built before in this --work dir
+        return hf / "model.onnx", hf
     model.save_pretrained(hf)
     AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(hf)
     export_onnx(hf, get_task("rotten_tomatoes"), 14, hf / "model.onnx")
@@ -69,9 +71,10 @@ def int8_variants(label: str, onnx_path: Path, seq_len: int) -> dict[str, dict]:
         ids = rng.integers(1000, 20000, (8, seq_len)).astype(np.int64)
         batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
     qdq, pt, mmi = (onnx_path.with_name(f"model.{k}.onnx") for k in ("int8", "int8-pt", "int8-mmi"))
-    quantize_int8_static(onnx_path, qdq, batches)
-    quantize_int8_static(onnx_path, pt, batches, per_channel=False)
-    to_matmulinteger(pt, mmi)
+    if not mmi.is_file():
+        quantize_int8_static(onnx_path, qdq, batches)
+        quantize_int8_static(onnx_path, pt, batches, per_channel=False)
+        to_matmulinteger(pt, mmi)
     return {
         f"{label}-int8": {"onnx": qdq, "hf": None, "precision": "int8"},
         f"{label}-int8-mmi": {"onnx": mmi, "hf": None, "precision": "int8"},
@@ -90,11 +93,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--int8", action="store_true", help="also each model's static INT8 graphs (QDQ and MatMulInteger)")
     ap.add_argument("--out", default="benchmarks/results/runtime_payoff")
+    ap.add_argument("--work", help="keep the built models here (reused by a later call) instead of a temp dir")
+    ap.add_argument("--build-only", action="store_true", help="build (and quantize) the models, time nothing")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.work or tmp
         for shape in args.shapes.split(","):
             models = {}
             for s in [0.0] + [float(x) for x in args.sparsities.split(",")]:
@@ -103,6 +109,8 @@ def main() -> None:
                 models[label] = {"onnx": onnx_path, "hf": str(hf)}
                 if args.int8:
                     models.update(int8_variants(label, onnx_path, args.seq_len))
+            if args.build_only:
+                continue
             rng = np.random.default_rng(0)
             cache = {}
 
@@ -136,6 +144,8 @@ def main() -> None:
                 r["shape"] = shape
             all_rows += rows
             print(markdown(rows), flush=True)
+    if args.build_only:
+        return
     # speedups: the bench code compares "sparse" rows; here every non-dense label is a sparse model
     from prune2deploy.machine import cpu_info
 
