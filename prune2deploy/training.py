@@ -269,9 +269,8 @@ def gradient_stream(
     gradient averaging: each gradient is one mini-batch's).
     """
 
-    device = next(model.parameters()).device
-
     def gradients(names: list[str], salt: int = 0):
+        device = next(model.parameters()).device  # here, not above: fit moves the model (to CUDA) after this is made
         was_training = model.training
         model.eval()
         gen = torch.Generator().manual_seed(seed * 100_003 + salt)

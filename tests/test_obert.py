@@ -263,3 +263,37 @@ def test_group_saliency_is_the_joint_obs_cost_and_block4_prunes_whole_groups():
         assert torch.all(m.weight[~m.weight_mask] == 0)
     with pytest.raises(UserError, match=r"block_size a multiple of 4, got 6 \(e.g. 4\)"):
         obert.prune_step(mods, 0.7, "global", {**ctx, "obert": {"block_size": 6, "num_grads": 8, "damp": 1e-3}})
+
+
+def test_gradient_stream_follows_the_model_to_its_device(monkeypatch):
+    """fit moves the student (to CUDA) after the prune stage makes the gradient stream: the
+    stream must put each batch where the model is when it runs, not where it was when made
+    (the first oBERT run on a GPU failed so). No GPU here: the model reports the meta device
+    once the stream is made, and a stand-in loss records where the batches went."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from conftest import tiny_config
+    from prune2deploy import training
+    from prune2deploy.models import resolve_model
+    from prune2deploy.pruning import masks as M
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(num_labels=2))
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    ids = [[101, 2000 + i, 2001 + i, 102] for i in range(8)]
+    labels = [i % 2 for i in range(8)]
+    features = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * 4] * 8, "labels": labels})
+    modules = M.prunable_modules(model)
+    names = list(modules)[:2]
+    seen = []
+
+    def loss(model_, batch, *args):
+        seen.extend(v.device.type for v in batch.values())
+        return sum(modules[n].weight.sum() for n in names)
+
+    monkeypatch.setattr(training, "training_loss", loss)
+    gradients = training.gradient_stream(model, features, tok, modules, 2, 4, precision="fp32")
+    model.parameters = lambda *a, **k: iter([torch.empty(0, device="meta")])  # fit moved it
+    grads = list(gradients(names))
+    assert len(grads) == 2 and seen and set(seen) == {"meta"}
