@@ -14,6 +14,12 @@ the dense INT8 graphs, as in a run's bench.
         --runtimes onnxruntime,deepsparse,openvino,openvino-bf16,openvino-sparse,torch
     .venv/bin/python benchmarks/runtime_payoff.py --shapes bert-base --int8 \
         --runtimes onnxruntime,deepsparse,openvino --out benchmarks/results/runtime_payoff_int8_bert-base
+
+With `--pattern block4`, the sparse models are pruned in whole groups of 4 consecutive input
+weights (group L2 norm, checked), labelled `sparse80-block4` etc.:
+
+    .venv/bin/python benchmarks/runtime_payoff.py --shapes minilm --pattern block4 --int8 \
+        --runtimes onnxruntime,deepsparse,openvino --out benchmarks/results/runtime_payoff_int8_block4_minilm
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ SHAPES = {
 }
 
 
-def build(shape: str, sparsity: float, out: Path) -> tuple[Path, Path]:
+def build(shape: str, sparsity: float, out: Path, pattern: str = "unstructured") -> tuple[Path, Path]:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from prune2deploy.models import resolve_model
@@ -50,8 +56,11 @@ def build(shape: str, sparsity: float, out: Path) -> tuple[Path, Path]:
     if sparsity > 0:
         mods = M.prunable_modules(model)
         M.attach_masks(mods)
-        gmp.prune_step(mods, sparsity, "global")
-    hf = out / f"{shape}-{sparsity:g}"
+        gmp.prune_step(mods, sparsity, "global", {"pattern": pattern})
+        if M.block_of(pattern):
+            M.check_blocks(M.get_masks(mods), M.block_of(pattern))
+    suffix = "" if sparsity == 0 or pattern == "unstructured" else f"-{pattern}"
+    hf = out / f"{shape}-{sparsity:g}{suffix}"
     if (hf / "model.onnx").is_file():  # built before in this --work dir
         return hf / "model.onnx", hf
     model.save_pretrained(hf)
@@ -92,6 +101,7 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--int8", action="store_true", help="also each model's static INT8 graphs (QDQ and MatMulInteger)")
+    ap.add_argument("--pattern", default="unstructured", help="the sparse models' pattern: unstructured or blockK")
     ap.add_argument("--out", default="benchmarks/results/runtime_payoff")
     ap.add_argument("--work", help="keep the built models here (reused by a later call) instead of a temp dir")
     ap.add_argument("--build-only", action="store_true", help="build (and quantize) the models, time nothing")
@@ -104,8 +114,9 @@ def main() -> None:
         for shape in args.shapes.split(","):
             models = {}
             for s in [0.0] + [float(x) for x in args.sparsities.split(",")]:
-                onnx_path, hf = build(shape, s, Path(tmp))
+                onnx_path, hf = build(shape, s, Path(tmp), args.pattern)
                 label = "dense" if s == 0 else f"sparse{int(s * 100)}"
+                label += "" if s == 0 or args.pattern == "unstructured" else f"-{args.pattern}"
                 models[label] = {"onnx": onnx_path, "hf": str(hf)}
                 if args.int8:
                     models.update(int8_variants(label, onnx_path, args.seq_len))
@@ -149,7 +160,8 @@ def main() -> None:
     # speedups: the bench code compares "sparse" rows; here every non-dense label is a sparse model
     from prune2deploy.machine import cpu_info
 
-    result = {"threads": args.threads, "cpu": cpu_info(), "load_before_and_after": os.getloadavg(), "rows": all_rows}
+    result = {"threads": args.threads, "pattern": args.pattern, "cpu": cpu_info(),
+              "load_before_and_after": os.getloadavg(), "rows": all_rows}
     (out / "rows.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(markdown(all_rows))
 
