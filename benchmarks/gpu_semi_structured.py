@@ -24,11 +24,10 @@ import torch
 
 from prune2deploy.pruning import masks as M
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runtime_payoff import SHAPES  # noqa: E402  (the benchmarks' one table of shapes)
+
 BACKENDS = ("dense", "cusparselt", "cutlass")
-SHAPES = {
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-}
 
 
 def build(shape: str):
@@ -119,7 +118,7 @@ def main() -> None:
         gpu["cusparselt"] = torch.backends.cusparselt.version()
     except Exception as e:  # older torch or no cuSPARSELt build
         gpu["cusparselt"] = f"unavailable: {e}"
-    rows, lines = [], []
+    rows = []
     for shape in a.shapes.split(","):
         model, names = build(shape)
         variants = {"dense-fp16": (model, "Tensor")}

@@ -28,10 +28,10 @@ row obert-0.8-s0 -s 0.8 -m obert
 row obert-0.9-s0 -s 0.9 -m obert
 row obert-0.8-s0-g16 -s 0.8 -m obert --set prune.options.obert.num_grads=16
 row gmp-0.5-2of4-s0 -s 0.5 --pattern 2:4
-for r in "gmp-0.8 -s 0.8" "gmp-0.9 -s 0.9" "obert-0.8 -s 0.8 -m obert" "obert-0.9 -s 0.9 -m obert" \
-         "obert-0.8-g16 -s 0.8 -m obert --set prune.options.obert.num_grads=16"; do
-    set -- $r
-    name=$1; shift
-    row "${name/-g16/}-s1${name#${name/-g16/}}" "$@" --seed 1 --teacher "$T"
-done
+S1=(--seed 1 --teacher "$T")   # seed 1: its own data sample, seed 0's teacher
+row gmp-0.8-s1 -s 0.8 "${S1[@]}"
+row gmp-0.9-s1 -s 0.9 "${S1[@]}"
+row obert-0.8-s1 -s 0.8 -m obert "${S1[@]}"
+row obert-0.9-s1 -s 0.9 -m obert "${S1[@]}"
+row obert-0.8-s1-g16 -s 0.8 -m obert --set prune.options.obert.num_grads=16 "${S1[@]}"
 python benchmarks/gpu_semi_structured.py --out "$ROOT/gpu_semi_structured"

@@ -42,6 +42,11 @@ SHAPES = {
 }
 
 
+def pattern_tag(sparsity: float, pattern: str) -> str:
+    """The suffix that tells a structured sparse model apart (its dir and its label)."""
+    return "" if sparsity == 0 or pattern == "unstructured" else f"-{pattern}"
+
+
 def build(shape: str, sparsity: float, out: Path, pattern: str = "unstructured") -> tuple[Path, Path]:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -59,8 +64,7 @@ def build(shape: str, sparsity: float, out: Path, pattern: str = "unstructured")
         gmp.prune_step(mods, sparsity, "global", {"pattern": pattern})
         if M.block_of(pattern):
             M.check_blocks(M.get_masks(mods), M.block_of(pattern))
-    suffix = "" if sparsity == 0 or pattern == "unstructured" else f"-{pattern}"
-    hf = out / f"{shape}-{sparsity:g}{suffix}"
+    hf = out / f"{shape}-{sparsity:g}{pattern_tag(sparsity, pattern)}"
     if (hf / "model.onnx").is_file():  # built before in this --work dir
         return hf / "model.onnx", hf
     model.save_pretrained(hf)
@@ -115,8 +119,7 @@ def main() -> None:
             models = {}
             for s in [0.0] + [float(x) for x in args.sparsities.split(",")]:
                 onnx_path, hf = build(shape, s, Path(tmp), args.pattern)
-                label = "dense" if s == 0 else f"sparse{int(s * 100)}"
-                label += "" if s == 0 or args.pattern == "unstructured" else f"-{args.pattern}"
+                label = ("dense" if s == 0 else f"sparse{int(s * 100)}") + pattern_tag(s, args.pattern)
                 models[label] = {"onnx": onnx_path, "hf": str(hf)}
                 if args.int8:
                     models.update(int8_variants(label, onnx_path, args.seq_len))
