@@ -90,8 +90,8 @@ _rows = {
         {**GRADUAL, "prune.lr": 1.28e-3, "prune.lr_min": 1.28e-4},
     ),
     # KD levers on today's default (gradual_lr4x_b8): temperature and hardness
-    "gradual_lr4x_b8_t1": ("today's default with KD temperature 1", {**GRADUAL, **LR4X_B8, "prune.kd_temperature": 1.0}),
-    "gradual_lr4x_b8_t4": ("today's default with KD temperature 4", {**GRADUAL, **LR4X_B8, "prune.kd_temperature": 4.0}),
+    "gradual_lr4x_b8_t1": ("the default, KD temperature 1", {**GRADUAL, **LR4X_B8, "prune.kd_temperature": 1.0}),
+    "gradual_lr4x_b8_t4": ("the default, KD temperature 4", {**GRADUAL, **LR4X_B8, "prune.kd_temperature": 4.0}),
     "gradual_lr4x_b8_h05": (
         "today's default with KD hardness 0.5 (half the loss from the gold answer spans)",
         {**GRADUAL, **LR4X_B8, "prune.kd_hardness": 0.5},
