@@ -11,7 +11,6 @@ from .progress import Bar
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
-
 def collate(tokenizer):
     """Pad a list of feature dicts to the longest in the batch ((batch, choices, seq) for multiple choice)."""
 
@@ -34,10 +33,8 @@ def collate(tokenizer):
     return fn
 
 
-
 def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
 
 
 def logits_of(output) -> list[torch.Tensor]:
@@ -46,23 +43,31 @@ def logits_of(output) -> list[torch.Tensor]:
     return [output.logits]
 
 
+def feature_lengths(features) -> list[int]:
+    """Tokens per feature (the longest choice for multiple choice)."""
+    return [max(len(c) for c in ids) if ids and isinstance(ids[0], list) else len(ids) for ids in features["input_ids"]]
+
 
 @torch.no_grad()
 def forward_batches(
     model, features, tokenizer, batch_size: int, description: str, pad_to: int | None = None
 ) -> list[np.ndarray]:
-    """Run `model` over a datasets.Dataset of features in fp32; returns one array per output head.
+    """Run `model` over a datasets.Dataset of features in fp32; returns one array per output head,
+    in the features' order.
 
-    Token-level heads (QA start/end) are padded with -1e4 to `pad_to` positions.
+    Batches are formed from features sorted by length (each pads to its longest member: fewer
+    padded tokens than batches in data order, the same outputs). Token-level
+    heads (QA start/end) are padded with -1e4 to `pad_to` positions.
     """
     model.eval()
     fn = collate(tokenizer)
+    lengths = feature_lengths(features)
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
     outs: list[list[np.ndarray]] = []
-    starts = range(0, len(features), batch_size)
+    starts = range(0, len(order), batch_size)
     with Bar(description, len(starts)) as bar:
         for i in starts:
-            rows = [features[j] for j in range(i, min(i + batch_size, len(features)))]
-            batch = fn(rows)
+            batch = fn([features[j] for j in order[i : i + batch_size]])
             logits = logits_of(model(**model_inputs(batch)))
             length = batch["input_ids"].shape[-1]
             heads = []
@@ -73,4 +78,7 @@ def forward_batches(
                 heads.append(a)
             outs.append(heads)
             bar.advance()
-    return [np.concatenate([o[h] for o in outs]) for h in range(len(outs[0]))] if outs else []
+    if not outs:
+        return []
+    back = np.argsort(order)  # sorted position of each feature
+    return [np.concatenate([o[h] for o in outs])[back] for h in range(len(outs[0]))]

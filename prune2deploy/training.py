@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .inference import collate, logits_of, model_inputs
+from .inference import collate, feature_lengths, logits_of, model_inputs
 from .progress import Bar, warn
 
 
@@ -47,17 +47,55 @@ def autocast(precision: str, device: str = "cpu"):
     return torch.autocast(device, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
-def training_loss(model, batch: dict, teacher, kd_temperature: float, kd_hardness: float) -> torch.Tensor:
+def training_loss(
+    model, batch: dict, teacher, kd_temperature: float, kd_hardness: float, teacher_logits=None
+) -> torch.Tensor:
     """The task loss, or with a teacher the KD loss (`distill.kd_loss`): the one loss that both
-    training and oBERT's gradient stream differentiate."""
+    training and oBERT's gradient stream differentiate. `teacher_logits`: the teacher's outputs
+    for this batch when already known (`TeacherOutputs`); else the teacher runs."""
     from .pruning import distill
 
     out = model(**batch)
     if teacher is None:
         return out.loss
-    with torch.no_grad():
-        t_logits = logits_of(teacher(**model_inputs(batch)))
-    return distill.kd_loss(logits_of(out), t_logits, out.loss, kd_temperature, kd_hardness)
+    if teacher_logits is None:
+        with torch.no_grad():
+            teacher_logits = logits_of(teacher(**model_inputs(batch)))
+    token_level = getattr(out, "start_logits", None) is not None  # QA heads: padding is no position
+    mask = batch["attention_mask"] if token_level else None
+    return distill.kd_loss(logits_of(out), teacher_logits, out.loss, kd_temperature, kd_hardness, mask)
+
+
+class TeacherOutputs:
+    """The teacher's outputs per feature, kept from the first time a feature is seen: the
+    teacher is frozen and in eval mode, so a second epoch needs no teacher forward pass (a
+    quarter of a prune step on a CPU). Token-level outputs (QA start/end) are kept at the
+    feature's own length: the KD loss ignores padding, so a batch padded to another length gets
+    the same loss."""
+
+    def __init__(self, teacher):
+        self.teacher, self.kept, self.token_level = teacher, {}, False
+
+    def __call__(self, idx: list[int], batch: dict) -> list[torch.Tensor]:
+        mask = batch["attention_mask"]
+        if all(i in self.kept for i in idx):
+            heads = zip(*(self.kept[i] for i in idx))
+            return [self._pad(rows, mask) if self.token_level else torch.stack(rows) for rows in heads]
+        with torch.no_grad():
+            out = self.teacher(**model_inputs(batch))
+        self.token_level = getattr(out, "start_logits", None) is not None
+        heads = logits_of(out)
+        lengths = mask.sum(-1).tolist()
+        for row, i in enumerate(idx):
+            self.kept[i] = [(h[row, : lengths[row]] if self.token_level else h[row]).float() for h in heads]
+        return heads
+
+    @staticmethod
+    def _pad(rows, mask: torch.Tensor) -> torch.Tensor:
+        out = rows[0].new_zeros(mask.shape)  # the padded part is masked out of the loss
+        for k, r in enumerate(rows):
+            out[k, : len(r)] = r
+        return out
 
 
 @dataclass
@@ -105,11 +143,6 @@ def batch_order(n: int, batch_size: int, seed: int, step: int, lengths: list[int
         batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
     order = torch.randperm(len(batches), generator=gen).tolist()
     return batches[order[k]]
-
-
-def feature_lengths(features) -> list[int]:
-    """Tokens per feature (the longest choice for multiple choice)."""
-    return [max(len(c) for c in ids) if ids and isinstance(ids[0], list) else len(ids) for ids in features["input_ids"]]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -167,9 +200,11 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr_at(0),
+        fused=True,  # one pass over the parameters: 7x cheaper than the foreach step on a 2-core CPU
     )
     if teacher is not None:
         teacher.eval()
+    teacher_outputs = TeacherOutputs(teacher) if teacher is not None else None
     log = {"losses": [], "prune_events": [], "resumed_from": None}
     step = 0
     running = None
@@ -209,14 +244,13 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
                 sparsity = M.sparsity_report(M.get_masks(modules))["overall"]
                 log["prune_events"].append({"step": step, "sparsity": cfg.prune_events[step]})
             model.train()
-            batch = fn(
-                [features[i] for i in D.shard(batch_order(len(features), cfg.batch_size, cfg.seed, step, lengths))]
-            )
-            batch = {k: v.to(device) for k, v in batch.items()}
+            idx = D.shard(batch_order(len(features), cfg.batch_size, cfg.seed, step, lengths))
+            batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step)
             with autocast(cfg.precision, device.type):
-                loss = training_loss(train_model, batch, teacher, cfg.kd_temperature, cfg.kd_hardness)
+                t_logits = teacher_outputs(idx, batch) if teacher_outputs else None
+                loss = training_loss(train_model, batch, teacher, cfg.kd_temperature, cfg.kd_hardness, t_logits)
             loss.backward()
             if modules is not None:  # pruned weights get no gradient: none counts in the clipping norm
                 M.mask_gradients(modules)

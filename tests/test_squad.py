@@ -105,3 +105,32 @@ def test_read_squad_json_rejects_truncated_and_answerless(tmp_path):
     )
     with pytest.raises(UserError, match="no answers"):
         squad.read_squad_json(bad)
+
+
+def test_forward_batches_groups_by_length_and_returns_the_features_order(tiny_qa):
+    # batches of similar lengths (less padding), outputs back in the order of the features
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from prune2deploy.inference import forward_batches
+    from prune2deploy.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    lengths = [9, 3, 12, 5, 7, 4, 11]
+    feats = Dataset.from_dict(
+        {
+            "input_ids": [[101] + [2000 + 13 * k + j for j in range(n - 2)] + [102] for k, n in enumerate(lengths)],
+            "attention_mask": [[1] * n for n in lengths],
+            "token_type_ids": [[0] * n for n in lengths],
+        }
+    )
+    widths = []
+    hook = tiny_qa.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    start, end = forward_batches(tiny_qa, feats, tok, batch_size=3, description="t", pad_to=16)
+    hook.remove()
+    assert widths == [5, 11, 12]  # sorted: 3,4,5 | 7,9,11 | 12 (in data order: 12, 7, 11)
+    assert start.shape == end.shape == (7, 16)
+    for k, n in enumerate(lengths):  # each feature alone, no padding at all
+        one = forward_batches(tiny_qa, feats.select([k]), tok, batch_size=1, description="t", pad_to=16)
+        np.testing.assert_allclose(start[k, :n], one[0][0, :n], atol=1e-5)
+        np.testing.assert_allclose(end[k, :n], one[1][0, :n], atol=1e-5)

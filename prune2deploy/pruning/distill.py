@@ -3,7 +3,10 @@
 loss = (1 - h) * task_loss + h * T^2 * mean_heads KL(softmax(teacher / T) || softmax(student / T))
 
 h is the hardness (1.0: teacher's soft targets only), T the temperature (low: 2.0 in the
-papers). The T^2 factor keeps gradient magnitudes comparable across temperatures.
+papers). The T^2 factor keeps gradient magnitudes comparable across temperatures. For
+token-level heads (QA start/end) `mask` (the attention mask) leaves the batch's padding out of
+both distributions: a pad is no answer position, and the loss then no longer depends on how far
+a batch happens to be padded (so the teacher's outputs can be reused across epochs).
 """
 
 from __future__ import annotations
@@ -12,11 +15,21 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(teacher_T || student_T), averaged over rows (last dim is the class dim)."""
+PAD_LOGIT = -1e4  # a masked position's logit: a probability of 0 (< 1e-43) at temperatures up to 100
+
+
+def kd_term(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T), averaged over rows (last dim is the class dim); positions
+    where `mask` is 0 take part in neither distribution."""
     t = temperature
-    s_log = F.log_softmax(student.float().reshape(-1, student.shape[-1]) / t, dim=-1)
-    t_prob = F.softmax(teacher.float().reshape(-1, teacher.shape[-1]) / t, dim=-1)
+    student, teacher = student.float(), teacher.float()
+    if mask is not None:
+        student = student.masked_fill(mask == 0, PAD_LOGIT)
+        teacher = teacher.masked_fill(mask == 0, PAD_LOGIT)
+    s_log = F.log_softmax(student.reshape(-1, student.shape[-1]) / t, dim=-1)
+    t_prob = F.softmax(teacher.reshape(-1, teacher.shape[-1]) / t, dim=-1)
     return F.kl_div(s_log, t_prob, reduction="batchmean") * t * t
 
 
@@ -26,8 +39,10 @@ def kd_loss(
     task_loss: torch.Tensor | None,
     temperature: float,
     hardness: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    soft = sum(kd_term(s, t, temperature) for s, t in zip(student_logits, teacher_logits)) / len(student_logits)
+    """`mask`: the attention mask, for token-level heads only (None for classification)."""
+    soft = sum(kd_term(s, t, temperature, mask) for s, t in zip(student_logits, teacher_logits)) / len(student_logits)
     if hardness >= 1.0 or task_loss is None:
         return soft
     return (1.0 - hardness) * task_loss + hardness * soft
