@@ -169,14 +169,18 @@ def load_checkpoint(path: Path, tag: str) -> dict | None:
     return state
 
 
-def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None) -> dict:
+def fit(
+    model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None, observe_fn=None
+) -> dict:
     """Train `model` for `cfg.total_steps` optimizer steps over `features`.
 
     With `teacher`, the loss is the KD loss; with `modules` (prunable, masks attached), the
     masks are raised at `cfg.prune_events` by `prune_fn(modules, sparsity)` and re-applied
     after every optimizer step. With `cfg.checkpoint`, the state (model, optimizer, masks,
     RNG, step, log) is saved atomically every `checkpoint_every` steps and a matching
-    checkpoint is resumed from. Returns a small log (losses, pruning events).
+    checkpoint is resumed from. `observe_fn(step, modules)` sees each step's gradients of the
+    prunable weights (masked, before clipping; oBERT's Fisher from training). Returns a small
+    log (losses, pruning events).
     """
     from . import distributed as D
     from .pruning import masks as M
@@ -254,6 +258,8 @@ def fit(model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, 
             loss.backward()
             if modules is not None:  # pruned weights get no gradient: none counts in the clipping norm
                 M.mask_gradients(modules)
+                if observe_fn is not None:
+                    observe_fn(step, modules)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             opt.step()

@@ -108,9 +108,11 @@ def test_block_larger_than_layer_is_a_user_error():
 
 def test_chunked_equals_unchunked():
     torch.manual_seed(2)
+
     def make():
         torch.manual_seed(5)
         return {"a": nn.Linear(8, 4), "b": nn.Linear(8, 4)}
+
     grads = [{n: torch.randn(4, 8) for n in ("a", "b")} for _ in range(12)]
     out = []
     for chunk_bytes in (1 << 30, 1):
@@ -129,9 +131,11 @@ def test_chunked_equals_unchunked():
 def test_chunked_equals_unchunked_when_gradients_depend_on_the_weights():
     """A real gradient stream is computed from the current weights: the second chunk's pass
     must see the weights the first pass scored, not ones an earlier chunk already updated."""
+
     def make():
         torch.manual_seed(5)
         return {"a": nn.Linear(8, 4), "b": nn.Linear(8, 4)}
+
     torch.manual_seed(3)
     base = [{n: torch.randn(4, 8) for n in ("a", "b")} for _ in range(12)]
     out = []
@@ -253,8 +257,11 @@ def test_group_saliency_is_the_joint_obs_cost_and_block4_prunes_whole_groups():
     mods = {"a": nn.Linear(8, 4), "b": nn.Linear(8, 4)}
     M.attach_masks(mods)
     grads = [{n: torch.randn(4, 8) for n in mods} for _ in range(8)]
-    ctx = {"obert": {"block_size": 8, "num_grads": 8, "damp": 1e-3}, "pattern": "block4",
-           "gradients": lambda names: ({n: g[n] for n in names} for g in grads)}
+    ctx = {
+        "obert": {"block_size": 8, "num_grads": 8, "damp": 1e-3},
+        "pattern": "block4",
+        "gradients": lambda names: ({n: g[n] for n in names} for g in grads),
+    }
     obert.prune_step(mods, 0.5, "global", ctx)
     masks = M.get_masks(mods)
     M.check_blocks(masks, 4)
@@ -297,3 +304,66 @@ def test_gradient_stream_follows_the_model_to_its_device(monkeypatch):
     model.parameters = lambda *a, **k: iter([torch.empty(0, device="meta")])  # fit moved it
     grads = list(gradients(names))
     assert len(grads) == 2 and seen and set(seen) == {"meta"}
+
+
+def _obert(settings: dict, gradients, events=()):
+    from prune2deploy.pruning.registry import get_method, settings_for
+
+    return get_method("obert")(
+        settings_for("obert", {"obert": settings}), "global", None, gradients=gradients, events=events
+    )
+
+
+def _two_layers(seed=0):
+    torch.manual_seed(seed)
+    mods = {"a": nn.Linear(8, 4), "b": nn.Linear(8, 4)}
+    M.attach_masks(mods)
+    return mods
+
+
+def test_training_gradients_give_the_same_step_as_the_same_gradients_drawn_fresh():
+    # `gradients: training` sums the Fisher from the steps before the event: the same OBS step as
+    # the fresh stream would give with those gradients, and no extra passes
+    torch.manual_seed(1)
+    grads = [{n: torch.randn(4, 8) for n in ("a", "b")} for _ in range(4)]
+    cfg = {"block_size": 4, "num_grads": 4, "damp": 1e-3}
+
+    fresh_mods = _two_layers()
+    _obert(cfg, lambda names, salt=0: iter(grads)).prune_step(fresh_mods, 0.5)
+
+    def no_fresh(names, salt=0):
+        raise AssertionError("the fresh stream must not be drawn")
+
+    mods = _two_layers()
+    method = _obert({**cfg, "gradients": "training"}, no_fresh, events=[0, 10, 20])
+    for step in range(3, 10):  # steps 3..5 are more than num_grads before the event at 10: not observed
+        for n, m in mods.items():
+            m.weight.grad = (grads[step - 6][n] if step >= 6 else torch.randn(4, 8) * 100).clone()
+        method.observe(step, mods)
+        for m in mods.values():
+            m.weight.grad.mul_(0.01)  # what clipping does to .grad afterwards: the Fisher keeps the raw one
+    method.prune_step(mods, 0.5)
+    got, want = M.get_masks(mods), M.get_masks(fresh_mods)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    for n in mods:
+        assert torch.allclose(mods[n].weight, fresh_mods[n].weight, atol=1e-5)
+    assert method.fisher is None and method.observed == 0  # the next event starts a new sum
+
+
+def test_training_gradients_fall_back_to_fresh_ones_when_too_few_were_seen():
+    calls = []
+
+    def fresh(names, salt=0):
+        calls.append(salt)
+        return ({n: torch.randn(4, 8) for n in names} for _ in range(4))
+
+    mods = _two_layers()
+    method = _obert({"block_size": 4, "num_grads": 4, "damp": 1e-3, "gradients": "training"}, fresh, events=[0, 10])
+    method.prune_step(mods, 0.3)  # the event at step 0: no training step behind it
+    for n, m in mods.items():
+        m.weight.grad = torch.randn(4, 8)
+    method.observe(9, mods)  # one gradient of the 4: under half
+    method.prune_step(mods, 0.5)
+    assert calls == [300000, 500000]
+    with pytest.raises(UserError, match=r"prune.options.obert.gradients must be one of fresh, training"):
+        _obert({"gradients": "stale"}, fresh)

@@ -15,6 +15,13 @@ Saliency of weight q: w_q^2 / (2 [F^-1]_qq). After the global or per-layer
 selection, the surviving weights of each block get the OBS update for the set Q of pruned
 weights in it:  dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q,  then the masks are applied.
 
+With `gradients: training` the Fisher is summed from the training steps' own gradients (after
+masking, before clipping) between pruning steps, the last `num_grads` of them before each
+one (`observe`): no extra forward/backward passes, at the price of gradients taken on weights
+a few dozen steps old and with dropout on. A step with fewer than num_grads / 2 such gradients
+behind it (the first, at step 0) draws fresh ones, as does a model whose inverse Fisher does
+not fit one chunk.
+
 Gradients come from `ctx["gradients"](names)`: an iterable of {name: grad} dicts, one per
 mini-batch gradient (m of them; with several processes each rank yields its share and
 `ctx["sum_across_ranks"]` all-reduces the Fisher sums, so every rank inverts the same F).
@@ -186,6 +193,8 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
 
     def finv_for(names: list[str]) -> dict[str, torch.Tensor]:
         """Stream the m gradients once, updating every tensor of the chunk."""
+        if ctx.get("fisher") is not None:  # summed from the training steps (one chunk, same on every rank)
+            return {n: invert_(ctx["fisher"][n]) for n in names}
         fs = {
             n: init_fisher(
                 blocks_of(modules[n].weight, block).shape[0], block, damp if lead else 0.0, modules[n].weight.device
@@ -226,7 +235,7 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
             pruned = ~blocks_of(new[f"{n}.weight"].float(), block).bool()
             pad = (-w.numel()) % block
             if pad:  # padded tail positions are not weights: never in Q
-                pruned.view(-1)[w.numel():] = False
+                pruned.view(-1)[w.numel() :] = False
             dw = obs_update(blocks_of(w, block), finvs[n], pruned)
             updates[n] = (dw.reshape(-1)[: w.numel()]).view_as(w).to(w.dtype).to(w.device)
         del finvs
@@ -234,6 +243,9 @@ def prune_step(modules, sparsity: float, scope: str, ctx) -> None:
         for n, dw in updates.items():
             modules[n].weight.add_(dw)
     M.set_masks(modules, new)
+
+
+GRADIENT_SOURCES = ("fresh", "training")
 
 
 @dataclass(frozen=True)
@@ -245,10 +257,17 @@ class Settings:
     grad_batch_size: int = 8
     damp: float = 1e-7  # the paper's most sensitive hyper-parameter
     chunk_mb: int = 4096  # inverse-Fisher memory per chunk of layers
+    gradients: str = (
+        "fresh"  # "fresh": num_grads new mini-batches per pruning step; "training": the training steps' own
+    )
 
     def check(self, modules: dict | None = None, pattern: str | None = None) -> None:
+        if self.gradients not in GRADIENT_SOURCES:
+            raise UserError(
+                f"prune.options.obert.gradients must be one of {', '.join(GRADIENT_SOURCES)}, got '{self.gradients}'"
+            )
         for f in fields(self):
-            if getattr(self, f.name) <= 0:
+            if f.name != "gradients" and getattr(self, f.name) <= 0:
                 raise UserError(f"prune.options.obert.{f.name} must be > 0, got {getattr(self, f.name)}")
         check_block_pattern(self.block_size, pattern)
         if modules:
@@ -272,17 +291,63 @@ class OBert:
         gradients,
         sum_across_ranks=None,
         rank: int = 0,
+        events: list[int] | tuple[int, ...] = (),
         **_,
     ):
         """`gradients(names, salt)`: the stream of mini-batch gradients (`training.gradient_stream`);
-        `sum_across_ranks`: an in-place all-reduce with several processes."""
+        `sum_across_ranks`: an in-place all-reduce with several processes; `events`: the optimizer
+        steps at which `prune_step` will be called (for `gradients: training`)."""
         self.settings, self.scope, self.pattern = settings, scope, pattern
         self.gradients, self.sum_across_ranks, self.rank = gradients, sum_across_ranks, rank
+        self.events = sorted(events)
+        self.fisher: dict[str, torch.Tensor] | None = None  # sum of g g^T over the observed steps
+        self.pending: dict[str, list[torch.Tensor]] = {}
+        self.observed = 0
+
+    def observe(self, step: int, modules: dict) -> None:
+        """After training step `step`'s backward pass: with `gradients: training`, add its (masked)
+        gradients to the Fisher sum if the next pruning step is at most num_grads steps away."""
+        s = self.settings
+        nxt = next((e for e in self.events if e > step), None)
+        if s.gradients != "training" or nxt is None or nxt - step > s.num_grads:
+            return
+        if _chunks(modules, s.block_size, s.chunk_mb << 20)[1:]:
+            return  # more than one chunk: the inverse does not fit, fresh gradients instead
+        if self.fisher is None:
+            self.fisher = {
+                n: torch.zeros(
+                    blocks_of(m.weight, s.block_size).shape[0], s.block_size, s.block_size, device=m.weight.device
+                )
+                for n, m in modules.items()
+            }
+            self.pending = {n: [] for n in modules}
+        for n, m in modules.items():
+            self.pending[n].append(blocks_of(m.weight.grad, s.block_size).clone())  # clipping scales .grad in place
+        self.observed += 1
+        if len(self.pending[next(iter(modules))]) >= 32:
+            self._flush()
+
+    def _flush(self) -> None:
+        for n, gs in self.pending.items():
+            if gs:
+                accumulate_(self.fisher[n], torch.stack(gs, -1), 1)
+                gs.clear()
+
+    def _take_fisher(self) -> dict[str, torch.Tensor] | None:
+        """The observed Fisher, damped and averaged, if enough steps were observed; resets."""
+        s, fisher, count = self.settings, self.fisher, self.observed
+        if fisher is not None:
+            self._flush()
+        self.fisher, self.pending, self.observed = None, {}, 0
+        if fisher is None or count < max(1, s.num_grads // 2):
+            return None
+        eye = torch.eye(s.block_size, device=next(iter(fisher.values())).device) * s.damp
+        return {n: f.div_(count).add_(eye) for n, f in fisher.items()}
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
         s = self.settings
         # fresh gradient batches at every pruning event, seeded by the event's sparsity (a
-        # resumed run draws the same ones)
+        # resumed run draws the same ones), unless the training steps gave theirs
         ctx = {
             "pattern": self.pattern,
             "rank": self.rank,
@@ -294,5 +359,6 @@ class OBert:
                 "chunk_bytes": s.chunk_mb << 20,
             },
             "gradients": partial(self.gradients, salt=round(sparsity * 1e6)),
+            "fisher": self._take_fisher() if s.gradients == "training" else None,
         }
         prune_step(modules, sparsity, self.scope, ctx)

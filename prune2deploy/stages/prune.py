@@ -91,6 +91,7 @@ def run(ctx: StageContext) -> dict:
         gradients=gradients,
         sum_across_ranks=D.sum_ if D.active() else None,
         rank=D.rank(),
+        events=[step for step, _ in plan.prune_steps],
     )
     cfg = FitConfig(
         total_steps=plan.total_steps,
@@ -108,7 +109,16 @@ def run(ctx: StageContext) -> dict:
         checkpoint_every=recipe.checkpoint_every,
         checkpoint_tag=ctx.key,
     )
-    train_log = fit(student, features, tokenizer, cfg, teacher=kd_teacher, modules=modules, prune_fn=method.prune_step)
+    train_log = fit(
+        student,
+        features,
+        tokenizer,
+        cfg,
+        teacher=kd_teacher,
+        modules=modules,
+        prune_fn=method.prune_step,
+        observe_fn=getattr(method, "observe", None),
+    )
 
     masks = M.get_masks(modules)
     try:
