@@ -84,7 +84,7 @@ def test_deepsparse_fixed_shapes_and_parity(sparse_onnx):
 def test_deepsparse_fallback_fails_loudly(sparse_onnx, tmp_path, monkeypatch):
     fake = tmp_path / "python"
     fake.write_text(
-        "#!/bin/sh\nif [ \"$1\" = -c ]; then echo 1.8.0; exit 0; fi\n"
+        '#!/bin/sh\nif [ "$1" = -c ]; then echo 1.8.0; exit 0; fi\n'
         "echo 'DeepSparse Optimized runtime disabled - Detected dynamic input input_ids dim 1' >&2\nexit 0\n"
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -157,3 +157,32 @@ def test_bench_bad_inputs(sparse_onnx, tmp_path):
         p2d("bench", sparse_onnx, "--seq-lens", "600", "--runtime", "onnxruntime"), "cannot run on inputs"
     )
     assert_user_error(p2d("bench", tmp_path / "nope.onnx"), "ONNX file not found")
+
+
+def test_a_sparse_row_on_a_runtime_without_sparse_kernels_is_flagged_not_sold_as_a_speedup():
+    from prune2deploy.latency import NO_SPARSE_KERNEL, add_speedups, markdown
+
+    def row(runtime, model, p50):
+        return {
+            "runtime": runtime,
+            "precision": "fp32",
+            "model": model,
+            "batch_size": 1,
+            "seq_len": 128,
+            "p50_ms": p50,
+            "p90_ms": p50,
+            "p99_ms": p50,
+            "throughput": 1000 / p50,
+        }
+
+    rows = [
+        row("torch-cuda", "dense", 3.0),
+        row("torch-cuda", "sparse", 2.0),
+        row("deepsparse", "dense", 9.0),
+        row("deepsparse", "sparse", 4.0),
+    ]
+    add_speedups(rows)
+    assert [r.get("sparse_kernel") for r in rows] == [None, False, None, True]
+    table = markdown(rows).splitlines()
+    assert "1.50x" + NO_SPARSE_KERNEL in table[3]  # torch-cuda sparse: 3.0 / 2.0 is noise
+    assert NO_SPARSE_KERNEL not in table[5] and "2.25x" in table[5]

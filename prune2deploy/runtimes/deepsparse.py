@@ -112,7 +112,7 @@ def bench(
 def _runtime():
     from .registry import Runtime
 
-    return Runtime(NAME, PRECISION, FORMAT, available, version, bench)
+    return Runtime(NAME, PRECISION, FORMAT, available, version, bench, skips_zeros=True)
 
 
 RUNTIME = _runtime()

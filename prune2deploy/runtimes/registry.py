@@ -18,6 +18,13 @@ class Runtime:
     # bench(path, inputs, threads, warmup, iters, min_time_s) -> (times_ms, outputs)
     bench: Callable[..., tuple[list[float], list]]
     device: str = "cpu"
+    skips_zeros: bool = False  # has kernels that skip pruned weights; else sparse = dense work there
+
+
+def skips_zeros(name: str) -> bool:
+    """Whether runtime `name` has sparse kernels (unknown names: no)."""
+    rt = _all().get(name)
+    return bool(rt and rt.skips_zeros)
 
 
 def _all() -> dict[str, Runtime]:
