@@ -1,0 +1,11 @@
+#!/bin/bash
+# The full-length confirmations of 2026-11-24 (second study), as run: a fresh clone of main,
+# the default profile (KD temperature 1), GMP at 80%; then oBERT with the training steps'
+# gradients (prune.options.obert.gradients=training) from that run's teacher.
+#   bash benchmarks/results/recovery_study/squad/default/run.sh RUNS_DIR
+set -u
+R=${1:-runs/confirm}
+python -m prune2deploy.cli run squad --sparsity 0.8 -o "$R/squad-gmp-0.8"
+T=$(ls -d "$R"/_teachers/squad-*/model | head -1)
+python -m prune2deploy.cli run squad --sparsity 0.8 -m obert --set prune.options.obert.gradients=training \
+    --teacher "$T" -o "$R/squad-obert_train-0.8"
