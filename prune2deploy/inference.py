@@ -37,8 +37,13 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+def token_level(output) -> bool:
+    """Whether a model output has per-token heads (QA start/end logits)."""
+    return getattr(output, "start_logits", None) is not None
+
+
 def logits_of(output) -> list[torch.Tensor]:
-    if hasattr(output, "start_logits") and output.start_logits is not None:
+    if token_level(output):
         return [output.start_logits, output.end_logits]
     return [output.logits]
 

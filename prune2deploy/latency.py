@@ -123,7 +123,8 @@ def add_speedups(rows: list[dict]) -> None:
         r["speedup_vs_dense_onnxruntime"] = round(ort["p50_ms"] / r["p50_ms"], 3) if ort else None
         r["speedup_vs_best_dense"] = round(best["p50_ms"] / r["p50_ms"], 3) if best else None
         r["best_dense"] = f"{best['runtime']} {best['model']} ({best['precision']})" if best else None
-        if not r["model"].startswith("dense"):  # no sparse kernel: against its own dense row only noise
+        if not r["model"].startswith("dense") and same and same["precision"] == r["precision"]:
+            # against its own dense row at the same precision, the same work unless the runtime skips zeros
             r["sparse_kernel"] = skips_zeros(r["runtime"])
 
 

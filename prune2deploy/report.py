@@ -100,8 +100,10 @@ def summary_table(report: dict) -> Table:
         if dense:
             sp = r.get("speedup_vs_best_dense")
             best = (f" (vs best dense, {r['best_dense']}: {sp:.2f}x{', SLOWER' if sp < 1 else ''})") if sp else ""
-            if r.get("sparse_kernel") is False and r.get("precision") == dense.get("precision"):
-                best = " (no sparse kernel in this runtime: timing noise)" + best
+            if r.get("sparse_kernel") is False:
+                from .latency import NO_SPARSE_KERNEL  # (numpy and the runtimes: only where there are rows)
+
+                best = NO_SPARSE_KERNEL + best
             t.add_row(
                 f"p50 ms {r['runtime']} {r['model']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}",
                 f"{dense['p50_ms']:.2f}",

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .inference import collate, feature_lengths, logits_of, model_inputs
+from .inference import collate, feature_lengths, logits_of, model_inputs, token_level
 from .progress import Bar, warn
 
 
@@ -61,8 +61,7 @@ def training_loss(
     if teacher_logits is None:
         with torch.no_grad():
             teacher_logits = logits_of(teacher(**model_inputs(batch)))
-    token_level = getattr(out, "start_logits", None) is not None  # QA heads: padding is no position
-    mask = batch["attention_mask"] if token_level else None
+    mask = batch["attention_mask"] if token_level(out) else None  # QA heads: padding is no position
     return distill.kd_loss(logits_of(out), teacher_logits, out.loss, kd_temperature, kd_hardness, mask)
 
 
@@ -83,7 +82,7 @@ class TeacherOutputs:
             return [self._pad(rows, mask) if self.token_level else torch.stack(rows) for rows in heads]
         with torch.no_grad():
             out = self.teacher(**model_inputs(batch))
-        self.token_level = getattr(out, "start_logits", None) is not None
+        self.token_level = token_level(out)
         heads = logits_of(out)
         lengths = mask.sum(-1).tolist()
         for row, i in enumerate(idx):

@@ -186,3 +186,19 @@ def test_a_sparse_row_on_a_runtime_without_sparse_kernels_is_flagged_not_sold_as
     table = markdown(rows).splitlines()
     assert "1.50x" + NO_SPARSE_KERNEL in table[3]  # torch-cuda sparse: 3.0 / 2.0 is noise
     assert NO_SPARSE_KERNEL not in table[5] and "2.25x" in table[5]
+
+
+def test_an_int8_sparse_row_is_not_flagged_against_its_runtimes_fp32_dense_row():
+    # INT8 is real work saved, whatever the zeros: the note is for rows at their dense row's precision
+    from prune2deploy.latency import NO_SPARSE_KERNEL, add_speedups, markdown
+
+    rows = [
+        {"runtime": "onnxruntime", "precision": p, "model": m, "batch_size": 1, "seq_len": 128,
+         "p50_ms": t, "p90_ms": t, "p99_ms": t, "throughput": 1000 / t}
+        for p, m, t in (("fp32", "dense", 20.0), ("int8", "sparse-int8", 8.0), ("fp32", "sparse", 19.0))
+    ]
+    add_speedups(rows)
+    assert [r.get("sparse_kernel") for r in rows] == [None, None, False]
+    table = markdown(rows).splitlines()
+    assert NO_SPARSE_KERNEL not in table[3] and "2.50x" in table[3]
+    assert NO_SPARSE_KERNEL in table[4]

@@ -257,9 +257,8 @@ class Settings:
     grad_batch_size: int = 8
     damp: float = 1e-7  # the paper's most sensitive hyper-parameter
     chunk_mb: int = 4096  # inverse-Fisher memory per chunk of layers
-    gradients: str = (
-        "fresh"  # "fresh": num_grads new mini-batches per pruning step; "training": the training steps' own
-    )
+    # "fresh": num_grads new mini-batches per pruning step; "training": the training steps' own
+    gradients: str = "fresh"
 
     def check(self, modules: dict | None = None, pattern: str | None = None) -> None:
         if self.gradients not in GRADIENT_SOURCES:
