@@ -18,7 +18,7 @@ from .files import write_json_atomic
 from .machine import cpu_info
 from .models import load_tokenizer
 from .progress import log, track
-from .runtimes.registry import resolve, skips_zeros
+from .runtimes.registry import not_installed, resolve, skips_zeros
 
 TOLERANCE = {"fp32": 5e-3, "bf16": 0.5}  # max |logit - torch fp32 logit|
 # An INT8 graph is checked against ONNX Runtime on the same graph (its accuracy on the task is
@@ -55,7 +55,7 @@ def bench_models(
     reference(label, inputs) -> outputs to check each runtime against."""
     runtimes, skipped = resolve(bench_cfg.runtimes)
     for name in skipped:
-        log(f"[yellow]bench: runtime '{name}' is not installed here; skipped[/yellow]")
+        log(f"[yellow]bench: {not_installed(name)}; skipped[/yellow]")
     shapes = [(b, s) for b in bench_cfg.batch_sizes for s in bench_cfg.seq_lens]
     jobs = [
         (rt, b, s, label)

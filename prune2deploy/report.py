@@ -37,6 +37,7 @@ def build_report(recipe, run_dir: Path) -> dict:
         "bench_threads": bench.get("threads"),
         "bench_load": bench.get("load"),
         "bench_cpu": bench.get("cpu"),
+        "bench_skipped": bench.get("skipped_runtimes", []),
         "teacher": {
             "model_dir": teacher.get("model_dir"),
             "cached": teacher.get("cached"),
@@ -110,6 +111,11 @@ def summary_table(report: dict) -> Table:
                 f"{r['p50_ms']:.2f}",
                 f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}",
             )
+    from .runtimes.registry import cpu_runtimes, not_installed
+
+    missing = cpu_runtimes(report.get("bench_skipped") or [])
+    if missing:
+        t.add_row("not benched", "", "", "; ".join(not_installed(n) for n in missing))
     return t
 
 

@@ -367,3 +367,14 @@ def test_training_gradients_fall_back_to_fresh_ones_when_too_few_were_seen():
     assert calls == [300000, 500000]
     with pytest.raises(UserError, match=r"prune.options.obert.gradients must be one of fresh, training"):
         _obert({"gradients": "stale"}, fresh)
+
+
+def test_invert_by_cholesky_matches_a_direct_inverse_and_falls_back_where_it_cannot_factor():
+    torch.manual_seed(0)
+    g = torch.randn(40, 10, 16)
+    f = 1e-7 * torch.eye(10) + g @ g.transpose(1, 2) / 16  # positive definite: Cholesky
+    f[3] = torch.diag(torch.tensor([1.0, -2.0] * 5))  # indefinite: no Cholesky, a general inverse
+    ref = torch.linalg.inv(f.double())
+    out = obert.invert_(f.clone(), rows=16)  # slices of 16 blocks: the fallback in the first
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+    assert torch.isfinite(out).all()

@@ -202,3 +202,38 @@ def test_an_int8_sparse_row_is_not_flagged_against_its_runtimes_fp32_dense_row()
     table = markdown(rows).splitlines()
     assert NO_SPARSE_KERNEL not in table[3] and "2.50x" in table[3]
     assert NO_SPARSE_KERNEL in table[4]
+
+
+def test_openvino_bf16_is_timed_only_where_the_cpu_runs_bf16(sparse_onnx):
+    """On a CPU without bf16 OpenVINO runs f32 under the bf16 hint: that row would repeat the
+    fp32 one under a bf16 label, so it is refused; where the CPU has bf16 it is timed."""
+    import openvino as ov
+
+    rt = get_runtime("openvino-bf16")
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        times, outputs = rt.bench(sparse_onnx, _inputs(), 2, 1, 3, 0.0)
+        assert len(times) >= 3 and np.isfinite(outputs[0]).all()
+    else:
+        with pytest.raises(RuntimeError, match="bf16 not engaged: this CPU has no bf16 support, it runs f32"):
+            rt.bench(sparse_onnx, _inputs(), 2, 1, 3, 0.0)
+
+
+def test_the_summary_names_a_cpu_runtime_the_bench_skipped_and_how_to_get_it():
+    from rich.console import Console
+
+    from prune2deploy.report import summary_table
+
+    report = {
+        "task": "squad", "method": "gmp", "target_sparsity": 0.8, "profile": "default", "metric": "f1",
+        "metrics": {"dense": {"f1": 60.0}, "sparse": {"f1": 57.0}}, "sparsity": {}, "onnx": {}, "bench": [],
+        "bench_skipped": ["deepsparse", "onnxruntime-cuda"],
+    }
+    console = Console(width=400, record=True)
+    console.print(summary_table(report))
+    text = console.export_text()
+    assert "deepsparse: not installed here (scripts/bootstrap makes .venv-deepsparse" in text
+    assert "onnxruntime-cuda" not in text  # a GPU runtime missing on a CPU machine is no news
+    report["bench_skipped"] = []
+    console = Console(width=400, record=True)
+    console.print(summary_table(report))
+    assert "not benched" not in console.export_text()

@@ -8,7 +8,7 @@ The paper builds it by m Sherman-Morrison rank-one updates from F^-1 = I / lambd
 memory-bound: each update reads and writes the whole d x B inverse (2 GB for MiniLM-L6's
 encoder at B = 50), 1.6 s per gradient here. We accumulate F instead, k gradients per
 batched matmul (`accumulate_`, no cancellation: a sum of PSD terms, float32), and invert it
-once per block in float64 (`invert_`): the same matrix (tested against the rank-one chain
+once per block in float64 (`invert_`, by Cholesky): the same matrix (tested against the rank-one chain
 and a direct inverse), with a cost that no longer grows with m (about 14 s for MiniLM-L6,
 whatever m; the paper's m = 1024 would cost 1,600 s per pruning step the other way).
 Saliency of weight q: w_q^2 / (2 [F^-1]_qq). After the global or per-layer
@@ -95,9 +95,17 @@ def accumulate_(f: torch.Tensor, g: torch.Tensor, m: int) -> None:
 
 
 def invert_(f: torch.Tensor, rows: int = 16384) -> torch.Tensor:
-    """In place, per block: F <- F^-1, computed in float64 on slices of `rows` blocks."""
+    """In place, per block: F <- F^-1, computed in float64 on slices of `rows` blocks: by
+    Cholesky (F is damp * I + a sum of g g^T, positive definite; 1.4x faster than a general
+    inverse on a CPU), a block whose factorisation fails by a general inverse."""
     for i in range(0, f.shape[0], rows):
-        f[i : i + rows] = torch.linalg.inv(f[i : i + rows].double()).to(f.dtype)
+        x = f[i : i + rows].double()
+        lower, info = torch.linalg.cholesky_ex(x)
+        inv = torch.cholesky_inverse(lower)
+        failed = info != 0
+        if failed.any():
+            inv[failed] = torch.linalg.inv(x[failed])
+        f[i : i + rows] = inv.to(f.dtype)
     return f
 
 

@@ -112,7 +112,10 @@ def bench(
 def _runtime():
     from .registry import Runtime
 
-    return Runtime(NAME, PRECISION, FORMAT, available, version, bench, skips_zeros=True)
+    return Runtime(
+        NAME, PRECISION, FORMAT, available, version, bench, skips_zeros=True,
+        install="scripts/bootstrap makes .venv-deepsparse beside the code, or set P2D_DEEPSPARSE_PYTHON",
+    )
 
 
 RUNTIME = _runtime()

@@ -1,7 +1,9 @@
 """OpenVINO (Apache-2.0) on CPU, with the precision set explicitly.
 
 On AMX/AVX512-BF16 CPUs OpenVINO runs bf16 by default; comparing that with fp32 ORT would be
-unfair, so `openvino` pins f32 and `openvino-bf16` is its own row. `openvino-sparse` is f32
+unfair, so `openvino` pins f32 and `openvino-bf16` is its own row; on a CPU without bf16
+OpenVINO quietly runs f32, so that row is reported as "not engaged" instead of timed (it would
+be the fp32 row again under a bf16 label). `openvino-sparse` is f32
 with the CPU plugin's sparse-weights decompression enabled; the compiled model's runtime info
 says which kernel each weight layer runs, and a row where no sparse kernel ran is reported as
 "not engaged" instead of timed (the decompression takes INT8 weights on CPUs with AMX).
@@ -58,6 +60,11 @@ def bench(
     if sparse_rate is not None:
         config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(sparse_rate)
     compiled = core.compile_model(model, "CPU", config)
+    runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what it runs, not what was asked
+    if precision == "bf16" and runs != "bf16":
+        raise RuntimeError(
+            f"OpenVINO bf16 not engaged: this CPU has no bf16 support, it runs {runs} (the openvino row); not timed"
+        )
     if sparse_rate is not None:
         kernels = fully_connected_kernels(compiled)
         if not any("sparse" in k for k in kernels):

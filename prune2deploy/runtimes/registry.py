@@ -19,12 +19,24 @@ class Runtime:
     bench: Callable[..., tuple[list[float], list]]
     device: str = "cpu"
     skips_zeros: bool = False  # has kernels that skip pruned weights; else sparse = dense work there
+    install: str = ""  # how to get it where it is missing (said when a bench skips it)
 
 
 def skips_zeros(name: str) -> bool:
     """Whether runtime `name` has sparse kernels (unknown names: no)."""
     rt = _all().get(name)
     return bool(rt and rt.skips_zeros)
+
+
+def not_installed(name: str) -> str:
+    """One line for a runtime a bench skipped: what is missing and how to get it."""
+    rt = _all().get(name)
+    return f"{name}: not installed here" + (f" ({rt.install})" if rt and rt.install else "")
+
+
+def cpu_runtimes(names: list[str]) -> list[str]:
+    """The CPU runtimes among `names` (a GPU runtime missing on a CPU machine is no news)."""
+    return [n for n in names if n in _all() and _all()[n].device == "cpu"]
 
 
 def _all() -> dict[str, Runtime]:
