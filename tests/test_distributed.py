@@ -187,3 +187,29 @@ def test_rank_0_decides_run_or_skip_and_local_blocks_issue_no_collectives(tmp_pa
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "rank0.txt").read_text() == "decided False; local world 1 active False mean 3.0; after world 2"
     assert (tmp_path / "rank1.txt").read_text() == "decided False; after world 2"
+
+
+def test_a_launched_rank_ends_by_os_exit_with_the_clis_code_after_destroying_the_group(monkeypatch):
+    """No interpreter finalization for a launched rank (where gloo's threads can abort a rank
+    whose work is done): the group goes first, then os._exit with the CLI's own exit code."""
+    from prune2deploy import distributed as D
+
+    calls = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        calls.append(("exit", code))
+        raise Exited
+
+    monkeypatch.setattr(D, "_shutdown", lambda: calls.append(("shutdown",)))
+    monkeypatch.setattr(D.os, "_exit", fake_exit)
+    ends = ((lambda: None, 0), (lambda: sys.exit(2), 2), (lambda: sys.exit(None), 0), (lambda: sys.exit("x"), 1))
+    for main, code in ends:
+        calls.clear()
+        with pytest.raises(Exited):
+            D.run_launched(main)
+        assert calls == [("shutdown",), ("exit", code)]
+    with pytest.raises(ValueError):  # not an exit (--debug): propagates, no os._exit
+        D.run_launched(lambda: (_ for _ in ()).throw(ValueError("boom")))
