@@ -9,3 +9,5 @@ python -m prune2deploy.cli run squad --sparsity 0.8 -o "$R/squad-gmp-0.8"
 T=$(ls -d "$R"/_teachers/squad-*/model | head -1)
 python -m prune2deploy.cli run squad --sparsity 0.8 -m obert --set prune.options.obert.gradients=training \
     --teacher "$T" -o "$R/squad-obert_train-0.8"
+# seed 1 of the default (third study, 2026-11-24; its own teacher and questions):
+#   python -m prune2deploy.cli run squad --sparsity 0.8 --seed 1 -o "$R/squad-gmp-0.8-s1"
