@@ -36,7 +36,8 @@ def not_installed(name: str) -> str:
 
 def cpu_runtimes(names: list[str]) -> list[str]:
     """The CPU runtimes among `names` (a GPU runtime missing on a CPU machine is no news)."""
-    return [n for n in names if n in _all() and _all()[n].device == "cpu"]
+    runtimes = _all()
+    return [n for n in names if n in runtimes and runtimes[n].device == "cpu"]
 
 
 def _all() -> dict[str, Runtime]:
