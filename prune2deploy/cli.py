@@ -103,7 +103,9 @@ def run(
         help="'int8' (dynamic) or 'int8-static' (QDQ, calibrated): also a sparse INT8 graph (zeros kept, accuracy re-measured).",  # noqa: E501 - one message/literal
     ),
     pattern: Optional[str] = typer.Option(
-        None, "--pattern", help="'2:4' (N:M semi-structured, with --sparsity 0.5) or 'unstructured'."
+        None,
+        "--pattern",
+        help="'unstructured', '2:4' (N:M semi-structured, with --sparsity 0.5) or 'block4' (4 input weights together).",
     ),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field: --set prune.lr=1e-4"),
     force: bool = typer.Option(False, "--force", help="Reuse a run dir made for another config."),

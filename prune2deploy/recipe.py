@@ -87,6 +87,8 @@ class ExportConfig:
     quantize: str = "none"  # none | int8 (ORT dynamic) | int8-static (QDQ, calibrated); per-channel symmetric INT8 weights: zeros stay zero  # noqa: E501 - one message/literal
     qat_epochs: float = 0.0  # > 0 (with int8-static): quantization-aware KD fine-tuning of the sparse model first
     qat_lr: float = 1e-5
+    calibration: str = "minmax"  # int8-static activation ranges: minmax | percentile-P (e.g. percentile-99.999)
+    calibration_examples: int = 256  # train inputs the ranges come from (never the scored dev data)
     qat_weights: str = "per_tensor"  # the weight rounding QAT learns: per_tensor (the MatMulInteger graph `package --int8` ships) | per_channel (the QDQ graph)  # noqa: E501 - one message/literal
 
 
@@ -285,11 +287,19 @@ def load_recipe(
     return recipe
 
 
+def _percentile_ok(text: str) -> bool:
+    try:
+        return 50.0 < float(text) <= 100.0
+    except ValueError:
+        return False
+
+
 # Numeric fields and the range each must be in: (low, low inclusive, high, high inclusive);
 # None is no bound. An optional field (None) is not checked.
 RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "threads": (0, True, None, False),
     "checkpoint_every": (0, True, None, False),
+    "export.calibration_examples": (1, True, None, False),
     "data.train_examples": (1, True, None, False),
     "data.eval_examples": (1, True, None, False),
     "data.max_length": (1, True, None, False),
@@ -354,6 +364,9 @@ def validate(r: Recipe) -> None:
         raise UserError("export.qat_epochs must be >= 0 and export.qat_lr > 0")
     if r.export.qat_weights not in ("per_tensor", "per_channel"):
         raise UserError(f"export.qat_weights must be per_tensor or per_channel, not '{r.export.qat_weights}'")
+    cal = r.export.calibration
+    if cal != "minmax" and not (cal.startswith("percentile-") and _percentile_ok(cal[len("percentile-") :])):
+        raise UserError(f"export.calibration must be minmax or percentile-P with 50 < P <= 100, not '{cal}'")
     if r.export.qat_epochs > 0 and r.export.quantize != "int8-static":
         raise UserError("export.qat_epochs needs --quantize int8-static (QAT learns the static QDQ graph's rounding)")
     if r.export.quantize not in ("none", "int8", "int8-static"):

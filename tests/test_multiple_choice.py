@@ -173,6 +173,9 @@ def test_multiple_choice_pipeline_export_bench_package(tmp_path, tiny_model_dir,
     rows = rep["bench"]
     assert rows and all("p50_ms" in r for r in rows), rows
     assert {r["model"] for r in rows} >= {"dense", "sparse"} | ({"sparse-int8"} if extra else set())
+    if extra:  # activation ranges from the train split, never from the dev questions it is scored on
+        cal = json.loads((run / "quantize" / "quantize.json").read_text())["calibration"]
+        assert cal["split"] == "train" and cal["method"] == "minmax" and 0 < cal["examples"] <= 256, cal
     if family == "bert":  # `p2d bench FILE.onnx` outside a run dir sees the 3-D inputs in the graph
         res = p2d(
             "bench",

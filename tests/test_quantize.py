@@ -351,3 +351,35 @@ def test_block_pattern_bad_input(tmp_path, tiny_model_dir):
         "obert",
     ), "block_size a multiple of 4, got 50")
     assert not (tmp_path / "c").exists()  # refused with the recipe, before any stage ran
+
+
+def test_percentile_calibration_cuts_outliers_minmax_keeps(int8_run, tmp_path):
+    """`export.calibration`: a percentile range is narrower than min-max where one input carries
+    an outlier (a quantization step no longer set by it); min-max spans every value it saw."""
+    import onnx
+    from onnx import numpy_helper
+
+    from prune2deploy.benchmark import fixed_inputs
+    from prune2deploy.int8 import quantize_int8_static
+    from prune2deploy.models import load_tokenizer
+
+    export = int8_run / "export"
+    tok = load_tokenizer(str(export))
+    texts = [("a quiet, moving film", None), ("dull and far too long", None), ("the cast is wonderful", None)]
+    batches = [fixed_inputs(tok, texts, 3, 32), fixed_inputs(tok, texts[::-1], 3, 32)]
+
+    def input_scales(path):
+        g = onnx.load(str(path)).graph
+        inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        quantized = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+        return {n.input[0]: float(inits[n.input[1]]) for n in quantized}
+
+    quantize_int8_static(export / "model.onnx", tmp_path / "mm.onnx", batches, per_channel=False)
+    quantize_int8_static(
+        export / "model.onnx", tmp_path / "pc.onnx", batches, per_channel=False, calibration="percentile-99"
+    )
+    mm, pc = input_scales(tmp_path / "mm.onnx"), input_scales(tmp_path / "pc.onnx")
+    assert mm.keys() == pc.keys() and len(mm) == 8  # 2 layers x 4 inputs (Q, K and V share one)
+    assert all(pc[k] <= mm[k] * (1 + 1e-6) for k in mm) and any(pc[k] < 0.9 * mm[k] for k in mm)
+    with pytest.raises(ValueError, match="minmax or percentile-P"):
+        quantize_int8_static(export / "model.onnx", tmp_path / "x.onnx", batches, calibration="entropy")

@@ -37,6 +37,10 @@ def test_overrides_and_coercion():
     ({"teacher.epochs": [1]}, "expected a number"),
     ({"prune.scope": "row"}, "scope"),
     ({"export.qat_weights": "per_row"}, "qat_weights must be per_tensor or per_channel"),
+    ({"export.calibration": "entropy"}, "export.calibration must be minmax or percentile-P"),
+    ({"export.calibration": "percentile-abc"}, "export.calibration must be minmax or percentile-P"),
+    ({"export.calibration": "percentile-120"}, "export.calibration must be minmax or percentile-P"),
+    ({"export.calibration_examples": 0}, "calibration_examples"),
 ])
 def test_bad_overrides(overrides, match):
     with pytest.raises(UserError, match=match):

@@ -4,8 +4,9 @@ ONNX Runtime quantization of the exported sparse graph; the encoder's weight Mat
 symmetric per-channel INT8 weights (zero point 0, so a pruned weight stays exactly 0):
 - `int8`: dynamic, activations quantized on the fly (MatMulInteger / DynamicQuantizeLinear);
 - `int8-static`: static QDQ (QuantizeLinear/DequantizeLinear pairs) on the weight MatMuls,
-  their input activations' ranges calibrated (min-max) on `CALIBRATION_EXAMPLES` dev inputs
-  of the task; the format OpenVINO and ORT run as INT8. Static also writes DeepSparse's layout:
+  their input activations' ranges calibrated (`export.calibration`: min-max, or a percentile)
+  on `export.calibration_examples` inputs of the task's *train* split — never the dev questions
+  the INT8 graph is then scored on; the format OpenVINO and ORT run as INT8. Static also writes DeepSparse's layout:
   per-tensor weights, each MatMul as MatMulInteger → Cast → Mul (`int8_matmulinteger.py`),
   sparse and dense (`*.int8-mmi.onnx`). With `export.qat_epochs`, the
   sparse model is first fine-tuned against exactly this rounding (`qat.py`) and re-exported.
@@ -45,7 +46,7 @@ def run(ctx: StageContext) -> dict:
     fp32 = ctx.path("export", "path")
     dense = ctx.path("export", "dense_path")
     export_dir = fp32.parent
-    _, dev, _ = task.load(recipe)
+    train, dev, _ = task.load(recipe)
     tokenizer = load_tokenizer(str(export_dir))
     qat_info = None
     checked = [
@@ -64,16 +65,21 @@ def run(ctx: StageContext) -> dict:
     # the dense graph is quantized the same way, on the same calibration data: a dense INT8
     # model is what a user could ship without pruning, so it belongs among the "best dense"
     jobs = [(fp32, out / "model.int8.onnx"), (dense, out / "dense.int8.onnx")]
-    batches = calibration_batches(task, tokenizer, dev, recipe.data.max_length) if mode == "int8-static" else None
+    e = recipe.export
+    batches = None
+    if mode == "int8-static":
+        batches = calibration_batches(task, tokenizer, train, recipe.data.max_length, n=e.calibration_examples)
     for src, dst in jobs:
         if batches is not None:
-            quantize_int8_static(src, dst, batches)
+            quantize_int8_static(src, dst, batches, calibration=e.calibration)
         else:
             quantize_int8(src, dst)
     mmi = []  # static: also DeepSparse's layout (per-tensor weights, MatMulInteger → Cast → Mul)
     if batches is not None:
         for src, name in ((fp32, "model"), (dense, "dense")):
-            quantize_int8_static(src, out / f"{name}.int8-pt.onnx", batches, per_channel=False)
+            quantize_int8_static(
+                src, out / f"{name}.int8-pt.onnx", batches, per_channel=False, calibration=e.calibration
+            )
             to_matmulinteger(out / f"{name}.int8-pt.onnx", out / f"{name}.int8-mmi.onnx")
             (out / f"{name}.int8-pt.onnx").unlink()
             mmi.append(out / f"{name}.int8-mmi.onnx")
@@ -103,7 +109,11 @@ def run(ctx: StageContext) -> dict:
             OnnxAsModel(path, threads, task.output_names), tokenizer, dev, recipe.data, description=f"eval {label}"
         )
         metrics[label] = m
-    write_json_atomic(out / "quantize.json", {"quantize": mode, "zeros": zeros, "metrics": metrics, "qat": qat_info})
+    record = {"quantize": mode, "zeros": zeros, "metrics": metrics, "qat": qat_info}
+    if batches:
+        n = sum(len(next(iter(b.values()))) for b in batches)
+        record["calibration"] = {"method": e.calibration, "examples": n, "split": "train"}
+    write_json_atomic(out / "quantize.json", record)
     return {
         "quantize": mode,
         "path": "quantize/model.int8.onnx",
