@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -21,10 +22,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from prune2deploy.pruning import gmp, obert
 from prune2deploy.pruning import masks as M
 
-SHAPES = {
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runtime_payoff import SHAPES  # noqa: E402  (the benchmarks' one table of shapes)
 
 
 def peak_rss_mb() -> float:
