@@ -88,7 +88,7 @@ class ExportConfig:
     qat_epochs: float = 0.0  # > 0 (with int8-static): quantization-aware KD fine-tuning of the sparse model first
     qat_lr: float = 1e-5
     calibration: str = "minmax"  # int8-static activation ranges: minmax | percentile-P (e.g. percentile-99.999)
-    calibration_examples: int = 256  # train inputs the ranges come from (never the scored dev data)
+    calibration_examples: int = 256  # train inputs the ranges come from (never the scored dev data); percentile: <= 64
     qat_weights: str = "per_tensor"  # the weight rounding QAT learns: per_tensor (the MatMulInteger graph `package --int8` ships) | per_channel (the QDQ graph)  # noqa: E501 - one message/literal
 
 

@@ -383,3 +383,13 @@ def test_percentile_calibration_cuts_outliers_minmax_keeps(int8_run, tmp_path):
     assert all(pc[k] <= mm[k] * (1 + 1e-6) for k in mm) and any(pc[k] < 0.9 * mm[k] for k in mm)
     with pytest.raises(ValueError, match="minmax or percentile-P"):
         quantize_int8_static(export / "model.onnx", tmp_path / "x.onnx", batches, calibration="entropy")
+
+
+def test_percentile_calibration_takes_at_most_64_inputs():
+    """ORT's histogram calibrators keep every input's intermediate outputs: a percentile takes at
+    most 64 inputs (256 squad inputs were killed for memory on 24 GiB); min-max takes all."""
+    from prune2deploy.int8 import calibration_count
+
+    assert calibration_count("minmax", 256) == 256
+    assert calibration_count("percentile-99.999", 256) == 64
+    assert calibration_count("percentile-99.9", 32) == 32

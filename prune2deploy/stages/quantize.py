@@ -22,7 +22,14 @@ from __future__ import annotations
 import shutil
 
 from ..files import write_json_atomic
-from ..int8 import OnnxAsModel, calibration_batches, check_zeros_kept, quantize_int8, quantize_int8_static
+from ..int8 import (
+    OnnxAsModel,
+    calibration_batches,
+    calibration_count,
+    check_zeros_kept,
+    quantize_int8,
+    quantize_int8_static,
+)
 from ..int8_matmulinteger import to_matmulinteger
 from ..models import load_tokenizer
 from ..progress import log
@@ -68,7 +75,10 @@ def run(ctx: StageContext) -> dict:
     e = recipe.export
     batches = None
     if mode == "int8-static":
-        batches = calibration_batches(task, tokenizer, train, recipe.data.max_length, n=e.calibration_examples)
+        n = calibration_count(e.calibration, e.calibration_examples)
+        if n < e.calibration_examples:
+            log(f"quantize: {e.calibration} calibrates on {n} inputs, not {e.calibration_examples} (memory)")
+        batches = calibration_batches(task, tokenizer, train, recipe.data.max_length, n=n)
     for src, dst in jobs:
         if batches is not None:
             quantize_int8_static(src, dst, batches, calibration=e.calibration)
