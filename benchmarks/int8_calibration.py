@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from prune2deploy.int8 import OnnxAsModel, calibration_batches, check_zeros_kept, quantize_int8_static
+from prune2deploy.int8 import (
+    OnnxAsModel,
+    calibration_batches,
+    calibration_count,
+    check_zeros_kept,
+    quantize_int8_static,
+)
 from prune2deploy.int8_matmulinteger import to_matmulinteger
 from prune2deploy.machine import cpu_info
 from prune2deploy.files import read_json
@@ -50,10 +56,9 @@ def main() -> None:
     rows = []
     graphs = [("sparse", export_dir / "model.onnx")] + ([("dense", export_dir / "dense.onnx")] if args.dense else [])
     for spec in args.calibrations.split(","):
-        method, n, split = spec.split(":")
-        batches = calibration_batches(
-            task, tokenizer, train if split == "train" else dev, recipe.data.max_length, n=int(n)
-        )
+        method, asked, split = spec.split(":")
+        n = calibration_count(method, int(asked))  # a percentile on more inputs runs out of memory
+        batches = calibration_batches(task, tokenizer, train if split == "train" else dev, recipe.data.max_length, n=n)
         for label, src in graphs:
             with tempfile.TemporaryDirectory() as tmp:
                 qdq, mmi = Path(tmp) / "pt.onnx", Path(tmp) / "mmi.onnx"
@@ -66,7 +71,7 @@ def main() -> None:
                     OnnxAsModel(mmi, args.threads, task.output_names), tokenizer, dev, recipe.data,
                     description=f"{label} {spec}",
                 )
-            row = {"graph": label, "calibration": method, "examples": int(n), "from": split,
+            row = {"graph": label, "calibration": method, "examples": n, "from": split,
                    task.metric: m[task.metric], "metrics": m, "seconds": round(time.time() - t0, 1)}
             print(json.dumps({k: v for k, v in row.items() if k != "metrics"}), flush=True)
             rows.append(row)

@@ -416,5 +416,6 @@ if __name__ == "__main__":
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank started by `accelerate launch` / torchrun
         from .distributed import run_launched
 
-        run_launched(app)
-    app()
+        run_launched(app)  # ends the process
+    else:
+        app()

@@ -17,13 +17,26 @@ CALIBRATION_EXAMPLES = 64
 # ORT's histogram calibrators (percentile) hold every calibration input's intermediate outputs in
 # memory until the end: 256 squad inputs of 256 tokens took > 24 GiB and were killed; 64 ran.
 PERCENTILE_MAX_EXAMPLES = 64
+OUTPUTS_FP32 = "OpTypesToExcludeOutputQuantization"  # ORT quantize_static's extra option
+
+
+def parse_calibration(calibration: str) -> float | None:
+    """`minmax` -> None; `percentile-P` (50 < P <= 100) -> P; anything else: ValueError."""
+    if calibration == "minmax":
+        return None
+    try:
+        p = float(calibration.removeprefix("percentile-")) if calibration.startswith("percentile-") else None
+    except ValueError:
+        p = None
+    if p is None or not 50.0 < p <= 100.0:
+        raise ValueError(f"minmax or percentile-P with 50 < P <= 100, not '{calibration}'")
+    return p
 
 
 def calibration_count(calibration: str, requested: int) -> int:
     """How many inputs a calibration takes: all asked for min-max (its ranges are running
     min/max), at most `PERCENTILE_MAX_EXAMPLES` for a percentile (see above)."""
     return requested if calibration == "minmax" else min(requested, PERCENTILE_MAX_EXAMPLES)
-OUTPUTS_FP32 = "OpTypesToExcludeOutputQuantization"  # ORT quantize_static's extra option
 
 
 
@@ -51,10 +64,10 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def calibration_batches(
-    task, tokenizer, dev, seq_len: int, batch_size: int = 8, n: int = CALIBRATION_EXAMPLES
+    task, tokenizer, examples, seq_len: int, batch_size: int = 8, n: int = CALIBRATION_EXAMPLES
 ) -> list[dict]:
-    """`n` inputs of the task (from `dev`), in its own input shape, in batches."""
-    samples = task.sample_inputs(dev, n)
+    """`n` inputs of the task (from `examples`, one of its splits), in its own input shape, in batches."""
+    samples = task.sample_inputs(examples, n)
     return [
         task.encode(tokenizer, samples[i : i + batch_size], len(samples[i : i + batch_size]), seq_len)
         for i in range(0, len(samples), batch_size)
@@ -85,12 +98,11 @@ def quantize_int8_static(
         def get_next(self):
             return next(self.it, None)
 
+    percentile = parse_calibration(calibration)
     method, calib_options = CalibrationMethod.MinMax, {}
-    if calibration.startswith("percentile-"):
+    if percentile is not None:
         method = CalibrationMethod.Percentile
-        calib_options = {"CalibPercentile": float(calibration.split("-", 1)[1]), "CalibTensorRangeSymmetric": False}
-    elif calibration != "minmax":
-        raise ValueError(f"calibration: minmax or percentile-P, not {calibration!r}")
+        calib_options = {"CalibPercentile": percentile, "CalibTensorRangeSymmetric": False}
     graph = onnx.load(str(src), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     # the weight MatMuls only (the Linears, pruned or not): attention's activation x activation

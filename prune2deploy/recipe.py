@@ -287,13 +287,6 @@ def load_recipe(
     return recipe
 
 
-def _percentile_ok(text: str) -> bool:
-    try:
-        return 50.0 < float(text) <= 100.0
-    except ValueError:
-        return False
-
-
 # Numeric fields and the range each must be in: (low, low inclusive, high, high inclusive);
 # None is no bound. An optional field (None) is not checked.
 RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
@@ -364,9 +357,12 @@ def validate(r: Recipe) -> None:
         raise UserError("export.qat_epochs must be >= 0 and export.qat_lr > 0")
     if r.export.qat_weights not in ("per_tensor", "per_channel"):
         raise UserError(f"export.qat_weights must be per_tensor or per_channel, not '{r.export.qat_weights}'")
-    cal = r.export.calibration
-    if cal != "minmax" and not (cal.startswith("percentile-") and _percentile_ok(cal[len("percentile-") :])):
-        raise UserError(f"export.calibration must be minmax or percentile-P with 50 < P <= 100, not '{cal}'")
+    from .int8 import parse_calibration
+
+    try:
+        parse_calibration(r.export.calibration)
+    except ValueError as e:
+        raise UserError(f"export.calibration must be {e}") from None
     if r.export.qat_epochs > 0 and r.export.quantize != "int8-static":
         raise UserError("export.qat_epochs needs --quantize int8-static (QAT learns the static QDQ graph's rounding)")
     if r.export.quantize not in ("none", "int8", "int8-static"):

@@ -354,8 +354,8 @@ def test_block_pattern_bad_input(tmp_path, tiny_model_dir):
 
 
 def test_percentile_calibration_cuts_outliers_minmax_keeps(int8_run, tmp_path):
-    """`export.calibration`: a percentile range is narrower than min-max where one input carries
-    an outlier (a quantization step no longer set by it); min-max spans every value it saw."""
+    """`export.calibration`: a percentile range (the outermost 1% cut) is never wider than
+    min-max's, and clearly narrower somewhere; min-max spans every value it saw."""
     import onnx
     from onnx import numpy_helper
 

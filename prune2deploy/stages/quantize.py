@@ -6,8 +6,8 @@ symmetric per-channel INT8 weights (zero point 0, so a pruned weight stays exact
 - `int8-static`: static QDQ (QuantizeLinear/DequantizeLinear pairs) on the weight MatMuls,
   their input activations' ranges calibrated (`export.calibration`: min-max, or a percentile)
   on `export.calibration_examples` inputs of the task's *train* split — never the dev questions
-  the INT8 graph is then scored on; the format OpenVINO and ORT run as INT8. Static also writes DeepSparse's layout:
-  per-tensor weights, each MatMul as MatMulInteger → Cast → Mul (`int8_matmulinteger.py`),
+  the INT8 graph is then scored on; the format OpenVINO and ORT run as INT8. Static also writes
+  DeepSparse's layout: per-tensor weights, each MatMul as MatMulInteger → Cast → Mul (`int8_matmulinteger.py`),
   sparse and dense (`*.int8-mmi.onnx`). With `export.qat_epochs`, the
   sparse model is first fine-tuned against exactly this rounding (`qat.py`) and re-exported.
 Then, before anything else trusts it:
@@ -120,7 +120,7 @@ def run(ctx: StageContext) -> dict:
         )
         metrics[label] = m
     record = {"quantize": mode, "zeros": zeros, "metrics": metrics, "qat": qat_info}
-    if batches:
+    if batches is not None:
         n = sum(len(next(iter(b.values()))) for b in batches)
         record["calibration"] = {"method": e.calibration, "examples": n, "split": "train"}
     write_json_atomic(out / "quantize.json", record)
