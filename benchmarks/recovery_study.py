@@ -96,6 +96,15 @@ _rows = {
         "today's default with KD hardness 0.5 (half the loss from the gold answer spans)",
         {**GRADUAL, **LR4X_B8, "prune.kd_hardness": 0.5},
     ),
+    # rows of the later studies, on today's default (gradual_lr4x_b8_t1): full length, `--mode default`
+    "gradual_lr4x_b8_t1_f05": (
+        "the default, a pruning step every 0.05 epoch (31 steps) instead of 0.1",
+        {**GRADUAL, **LR4X_B8, "prune.kd_temperature": 1.0, "prune.prune_freq": 0.05},
+    ),
+    "gradual_lr4x_b8_t1_h05": (
+        "the default, KD hardness 0.5 (half the loss from the gold answer spans)",
+        {**GRADUAL, **LR4X_B8, "prune.kd_temperature": 1.0, "prune.kd_hardness": 0.5},
+    ),
     "gradual_lr2x_end1": (
         "the default reaching the target at 1.0 ep instead of 1.5 (a step every 0.067 ep): half the run recovers",
         {**GRADUAL, **LR2X, "prune.prune_end": 1.0, "prune.prune_freq": 1.0 / 15},
