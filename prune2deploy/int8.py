@@ -39,7 +39,6 @@ def calibration_count(calibration: str, requested: int) -> int:
     return requested if calibration == "minmax" else min(requested, PERCENTILE_MAX_EXAMPLES)
 
 
-
 @contextlib.contextmanager
 def _root_logger_errors_only():
     """ORT's quantizers log a "consider pre-processing" hint on the root logger."""
