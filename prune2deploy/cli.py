@@ -76,8 +76,20 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks inst
 @app.command()
 def run(
     task: str = typer.Argument(..., help="Task name (see `p2d tasks`)."),
-    sparsity: Optional[str] = typer.Option(None, "--sparsity", "-s", help="Target encoder sparsity in [0, 1)."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Pruning method (see `p2d methods`)."),
+    sparsity: Optional[str] = typer.Option(
+        None, "--sparsity", "-s",
+        help="Unstructured (or N:M) target: the fraction of encoder weights set to zero, in [0, 1). The research's "
+        "headline; a speedup only on a runtime with sparse kernels (DeepSparse, evaluation licence).",
+    ),
+    speedup: Optional[str] = typer.Option(
+        None, "--speedup",
+        help="Structured target: remove whole attention heads and FFN neurons until the model is X times faster "
+        "than dense, measured on the latency runtime (prune.latency_runtime; default the fastest production "
+        "runtime here). Ships a smaller dense model every runtime runs faster. Not with --sparsity.",
+    ),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="Pruning method (see `p2d methods`); with --speedup: gmp (norm) or ziplm."
+    ),
     profile: str = typer.Option("default", "--profile", "-p", help="smoke | default | paper"),
     model: Optional[str] = typer.Option(
         None, "--model", help="Local HF model dir or hub id (default: embedded all-MiniLM-L6-v2)."
@@ -131,13 +143,27 @@ def run(
         raise typer.Exit(code["rc"])
 
     def go():
+        from .errors import UserError
         from .recipe import load_recipe
         from .run import default_run_dir, run_pipeline
 
+        if speedup is not None:
+            try:
+                if not float(speedup) > 1.0:
+                    raise ValueError
+            except ValueError:
+                raise UserError(f"--speedup must be a number > 1 (the dense model's time over the pruned one's), got '{speedup}'") from None  # noqa: E501 - one message/literal
+        if speedup is not None and sparsity is not None:
+            raise UserError(
+                "--speedup (structured: heads and FFN neurons removed) and --sparsity (unstructured zeros) are "
+                "two targets: pass one"
+            )
         overrides = _overrides(
             sets,
             **{
-                "prune.target_sparsity": sparsity,
+                "prune.target_speedup": speedup,
+                "prune.pattern": "structured" if speedup is not None and pattern is None else pattern,
+                "prune.target_sparsity": 0.0 if speedup is not None else sparsity,
                 "prune.method": method,
                 "model": model,
                 "teacher.path": teacher,
@@ -146,7 +172,6 @@ def run(
                 "threads": threads,
                 "bench.runtimes": runtime,
                 "export.quantize": quantize,
-                "prune.pattern": pattern,
             },
         )
         recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)

@@ -114,9 +114,33 @@ def load_model(model: str, auto_class: str, num_labels: int | None = None, atten
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
     try:
+        if getattr(config, "p2d_structure", None):  # a structurally pruned (compact) model
+            return _load_compact(model, cls, config, kwargs)
         return cls.from_pretrained(model, use_safetensors=True, trust_remote_code=False, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot load weights from '{model}' (safetensors only): {msg}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _load_compact(model: str, cls, config, overrides: dict):
+    """A compact model (heads and FFN neurons removed, `config.p2d_structure`): build its shape
+    from the config, then load the saved weights into it, every tensor accounted for."""
+    from safetensors.torch import load_file
+
+    from .pruning.structures import shape
+
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    net = shape(cls.from_config(config), config.p2d_structure)
+    state = {}
+    for f in sorted(Path(model).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise UserError(
+            f"cannot load compact model '{model}': {len(missing)} missing and {len(unexpected)} unexpected tensors "
+            f"(e.g. {(missing + unexpected)[0]}); its weights do not match its config's p2d_structure"
+        )
+    return net.eval()

@@ -23,15 +23,24 @@ def export_onnx(model_dir: str | Path, task, opset: int, dest: Path) -> None:
     from optimum.exporters.onnx import main_export
     from transformers.utils import logging as hf_logging
 
+    from .models import load_config, load_model
+
+    compact = bool(getattr(load_config(str(model_dir)), "p2d_structure", None))
     verbosity = hf_logging.get_verbosity()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("optimum").setLevel(logging.ERROR)
         hf_logging.set_verbosity_error()
         try:
-            main_export(
-                str(model_dir), tmp, task=task.export_task, opset=opset, do_validation=False, local_files_only=True
-            )
+            if compact:  # per-layer widths: built by p2d's loader, exported from the model object
+                from optimum.exporters.onnx import onnx_export_from_model
+
+                model = load_model(str(model_dir), task.auto_class)
+                onnx_export_from_model(model, tmp, opset=opset, task=task.export_task, do_validation=False)
+            else:
+                main_export(
+                    str(model_dir), tmp, task=task.export_task, opset=opset, do_validation=False, local_files_only=True
+                )
         finally:
             hf_logging.set_verbosity(verbosity)
         shutil.move(str(Path(tmp) / "model.onnx"), dest)
@@ -55,3 +64,35 @@ def parity(model, onnx_path: Path, inputs: dict[str, np.ndarray], threads: int) 
     run = ort_rt.load(onnx_path, threads or torch.get_num_threads())
     got = run(inputs)
     return max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+
+
+def verify_structure(model, onnx_path: Path, widths: dict[str, list[int]]) -> dict:
+    """The structured analogue of the zero check: the compact `model` has exactly the kept
+    widths, and every one of its encoder Linear weights is an ONNX initializer of that shape
+    and content (found by content, as stored: transposed for MatMul). Raises VerificationError."""
+    from torch import nn
+
+    from .errors import VerificationError
+    from .onnx_sparsity import _digest, load_initializers
+    from .pruning.masks import _encoder
+    from .pruning.structures import widths_of
+
+    got = widths_of(model)
+    if got != widths:
+        raise VerificationError(f"export: compact model widths {got} are not the kept structures {widths}")
+    stored = {}
+    for name, arr in load_initializers(onnx_path).items():
+        if arr.dtype.kind == "f" and arr.ndim == 2:
+            stored.setdefault(_digest(arr), name)
+    tensors = []
+    for name, mod in _encoder(model).named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        w = mod.weight.detach().numpy()
+        found = stored.get(_digest(w.T)) or stored.get(_digest(w))
+        if found is None:
+            raise VerificationError(
+                f"export: encoder weight {name} {tuple(w.shape)} has no ONNX initializer of that shape and content"
+            )
+        tensors.append({"torch_name": name, "onnx_name": found, "shape": list(w.shape)})
+    return {"widths": got, "tensors": tensors}

@@ -53,6 +53,14 @@ class PruneConfig:
     pattern: str = (
         "unstructured"  # or N:M semi-structured (2:4 for GPU sparse tensor cores): target_sparsity must be 1 - N/M
     )
+    # Structured pruning (`--speedup X`, pattern "structured"): remove whole heads and FFN neurons
+    # until the model is X times faster than dense on `latency_runtime` ("auto": the production
+    # runtime where the dense model is fastest here), measured per layer width (latency stage).
+    target_speedup: float | None = None
+    latency_runtime: str = "auto"
+    latency_table: str | None = None  # a table.json measured on the target machine (`p2d run` there): no measuring here
+    widths: str = "per_layer"  # per_layer (each layer its own widths) | uniform (the same in every layer)
+    kd_hidden: float = 0.0  # weight of token-level hidden-state distillation (ZipLM), added to the KD loss
     include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
     include_head: bool = False
     # Schedule, in epochs at `reference_sparsity`; every time below scales with the target
@@ -123,11 +131,19 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def schedule_target(self) -> float:
+        """What the pruning schedule raises: the encoder sparsity, or for structured pruning the
+        fraction of the dense model's time removed (1 - 1/speedup)."""
+        p = self.prune
+        return 1.0 - 1.0 / p.target_speedup if p.target_speedup else p.target_sparsity
+
     def epoch_scale(self) -> float:
         """How much longer (or shorter) than at the reference sparsity this target prunes."""
         p = self.prune
         if not p.scale_with_sparsity:
             return 1.0
+        if p.target_speedup:  # structured: the reference length at 2x, longer for more
+            return min(p.max_epoch_scale, max(p.min_epoch_scale, math.log(p.target_speedup) / math.log(2.0)))
         s = min(p.target_sparsity, 0.999)
         ref = min(max(p.reference_sparsity, 0.01), 0.999)
         return min(p.max_epoch_scale, max(p.min_epoch_scale, math.log(1 - s) / math.log(1 - ref)))
@@ -349,6 +365,28 @@ def validate(r: Recipe) -> None:
         nm = parse_pattern(r.prune.pattern)
     except ValueError as e:
         raise UserError(f"--pattern: {e}") from None
+    structured = r.prune.pattern == "structured"
+    if r.prune.target_speedup is not None:
+        if not r.prune.target_speedup > 1.0:
+            raise UserError(f"--speedup must be a number > 1, got {r.prune.target_speedup:g}")
+        if not structured:
+            raise UserError(
+                f"--speedup prunes whole heads and FFN neurons (pattern 'structured'), not '{r.prune.pattern}': "
+                "drop --pattern, or use --sparsity for unstructured/N:M pruning"
+            )
+    elif structured:
+        raise UserError("pattern 'structured' needs a target: pass --speedup X (e.g. --speedup 2)")
+    if r.prune.widths not in ("per_layer", "uniform"):
+        raise UserError(f"prune.widths must be per_layer or uniform, got '{r.prune.widths}'")
+    if r.prune.kd_hidden < 0:
+        raise UserError(f"prune.kd_hidden must be >= 0, got {r.prune.kd_hidden:g}")
+    if structured and r.prune.method not in ("gmp", "ziplm"):
+        raise UserError(
+            f"structured pruning ranks heads and neurons by magnitude (--method gmp) or second order "
+            f"(--method ziplm), not {r.prune.method}"
+        )
+    if r.prune.method == "ziplm" and not structured:
+        raise UserError("--method ziplm prunes whole heads and FFN neurons: pass --speedup X")
     if nm and abs(r.prune.target_sparsity - (1 - nm[0] / nm[1])) > 1e-9:
         raise UserError(
             f"--pattern {r.prune.pattern} means {1 - nm[0] / nm[1]:g} sparsity: pass --sparsity {1 - nm[0] / nm[1]:g}"
@@ -408,6 +446,13 @@ def validate(r: Recipe) -> None:
         raise UserError("data.doc_stride must be smaller than data.max_length")
     from .runtimes.registry import runtime_names
 
+    from .latency_table import TARGETS
+
+    if r.prune.latency_runtime not in ("auto",) + TARGETS:
+        raise UserError(
+            f"prune.latency_runtime must be auto or a production runtime ({', '.join(TARGETS)}), "
+            f"got '{r.prune.latency_runtime}'"
+        )
     for name in r.bench.runtimes:
         if name != "auto" and name not in runtime_names():
             raise UserError(f"unknown runtime '{name}' (known: auto, {', '.join(runtime_names())})")

@@ -13,12 +13,17 @@ from .stages import STAGES as STAGE_NAMES
 
 def build_report(recipe, run_dir: Path) -> dict:
     records = {s: read_json(run_dir / s / "stage.json") for s in STAGE_NAMES if (run_dir / s / "stage.json").is_file()}
-    teacher, prune, validate, export, quantize, bench = (records.get(s, {}).get("result", {}) for s in STAGE_NAMES)
+    res = {s: records.get(s, {}).get("result", {}) for s in STAGE_NAMES}
+    teacher, prune, validate, export, quantize, bench = (
+        res[s] for s in ("teacher", "prune", "validate", "export", "quantize", "bench")
+    )
     return {
         "task": recipe.task,
         "model": recipe.model,
         "method": recipe.prune.method,
         "target_sparsity": recipe.prune.target_sparsity,
+        "target_speedup": recipe.prune.target_speedup,
+        "structured": structured_summary(prune, export, bench.get("rows", [])) if recipe.prune.target_speedup else None,
         "profile": recipe.profile,
         "seed": recipe.seed,
         "metric": validate.get("metric"),
@@ -44,6 +49,27 @@ def build_report(recipe, run_dir: Path) -> dict:
             "trained": teacher.get("trained"),
         },
         "seconds": {s: r.get("seconds") for s, r in records.items()},
+    }
+
+
+def structured_summary(prune: dict, export: dict, rows: list[dict]) -> dict:
+    """A structured run: the widths kept, the target against the table's prediction, and the
+    speedup measured on every runtime (against its own dense row and the best dense of all)."""
+    measured = {}
+    for r in rows:
+        if r.get("model") == "sparse" and "p50_ms" in r:
+            measured.setdefault(r["runtime"], {})[f"b{r['batch_size']}s{r['seq_len']}"] = {
+                "vs_dense_same_runtime": r.get("speedup_vs_dense_same_runtime"),
+                "vs_best_dense": r.get("speedup_vs_best_dense"),
+            }
+    return {
+        "target_speedup": prune.get("target_speedup"),
+        "latency_runtime": prune.get("latency_runtime"),
+        "predicted_speedup": prune.get("predicted_speedup"),
+        "widths": prune.get("widths"),
+        "full_widths": prune.get("full_widths"),
+        "parameters": export.get("parameters"),
+        "measured": measured,
     }
 
 

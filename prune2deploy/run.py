@@ -41,7 +41,9 @@ def reads(stage: str) -> tuple[str, ...]:
 
 
 def default_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
-    return Path(root) / f"{recipe.task}-{recipe.prune.method}-{recipe.prune.target_sparsity:g}"
+    p = recipe.prune
+    target = f"{p.target_speedup:g}x" if p.target_speedup else f"{p.target_sparsity:g}"
+    return Path(root) / f"{recipe.task}-{p.method}-{target}"
 
 
 def versions() -> dict[str, str]:

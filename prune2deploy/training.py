@@ -48,21 +48,29 @@ def autocast(precision: str, device: str = "cpu"):
 
 
 def training_loss(
-    model, batch: dict, teacher, kd_temperature: float, kd_hardness: float, teacher_logits=None
+    model, batch: dict, teacher, kd_temperature: float, kd_hardness: float, teacher_logits=None, kd_hidden: float = 0.0
 ) -> torch.Tensor:
     """The task loss, or with a teacher the KD loss (`distill.kd_loss`): the one loss that both
     training and oBERT's gradient stream differentiate. `teacher_logits`: the teacher's outputs
-    for this batch when already known (`TeacherOutputs`); else the teacher runs."""
+    for this batch when already known (`TeacherOutputs`); else the teacher runs. `kd_hidden` > 0
+    adds that weight of token-level hidden-state distillation (the teacher then runs every step)."""
     from .pruning import distill
 
-    out = model(**batch)
+    hidden = teacher is not None and kd_hidden > 0
+    out = model(**batch, output_hidden_states=True) if hidden else model(**batch)
     if teacher is None:
         return out.loss
-    if teacher_logits is None:
+    t_hidden = None
+    if teacher_logits is None or hidden:
         with torch.no_grad():
-            teacher_logits = logits_of(teacher(**model_inputs(batch)))
+            t_out = teacher(**model_inputs(batch), output_hidden_states=hidden)
+        teacher_logits = logits_of(t_out) if teacher_logits is None else teacher_logits
+        t_hidden = t_out.hidden_states if hidden else None
     mask = batch["attention_mask"] if token_level(out) else None  # QA heads: padding is no position
-    return distill.kd_loss(logits_of(out), teacher_logits, out.loss, kd_temperature, kd_hardness, mask)
+    loss = distill.kd_loss(logits_of(out), teacher_logits, out.loss, kd_temperature, kd_hardness, mask)
+    if hidden:
+        loss = loss + kd_hidden * distill.hidden_loss(out.hidden_states, t_hidden, batch["attention_mask"])
+    return loss
 
 
 class TeacherOutputs:
@@ -110,6 +118,7 @@ class FitConfig:
     kd_hardness: float = 1.0
     group_by_length: bool = False  # batches of similar lengths (less padding, same epochs)
     prune_events: dict[int, float] = field(default_factory=dict)  # step -> sparsity
+    kd_hidden: float = 0.0  # weight of hidden-state distillation (0: logits only)
     description: str = "train"
     checkpoint: Path | None = None  # resume from / save to this file
     checkpoint_every: int = 0  # optimizer steps; 0: never
@@ -253,7 +262,9 @@ def fit(
                 group["lr"] = cfg.lr_at(step)
             with autocast(cfg.precision, device.type):
                 t_logits = teacher_outputs(idx, batch) if teacher_outputs else None
-                loss = training_loss(train_model, batch, teacher, cfg.kd_temperature, cfg.kd_hardness, t_logits)
+                loss = training_loss(
+                    train_model, batch, teacher, cfg.kd_temperature, cfg.kd_hardness, t_logits, cfg.kd_hidden
+                )
             loss.backward()
             if modules is not None:  # pruned weights get no gradient: none counts in the clipping norm
                 M.mask_gradients(modules)
@@ -330,3 +341,50 @@ def gradient_stream(
         model.train(was_training)
 
     return gradients
+
+
+def input_hessians(model, features, tokenizer, modules: dict, n: int, batch_size: int, *, precision: str = "auto",
+                   seed: int = 0, description: str = "hessians"):
+    """Return `hessians(names)`: {name: H} with H = mean over the non-padding tokens of n
+    training features of x xᵀ, x the input of `modules[name]` (float64; ZipLM's layer-input
+    Hessian). Eval mode (no dropout); the model's mode is restored afterwards."""
+
+    @torch.no_grad()
+    def hessians(names: list[str]) -> dict[str, torch.Tensor]:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator().manual_seed(seed * 100_003 + 7)
+        idx_all = torch.randperm(len(features), generator=gen)[: min(n, len(features))].tolist()
+        fn = collate(tokenizer)
+        acc = {k: None for k in names}
+        count = [0]
+        keep = {}
+
+        def hook(name):
+            def f(mod, args):
+                x = args[0].detach().float()
+                x = x[keep["mask"]] if x.dim() == 3 else x.reshape(-1, x.shape[-1])
+                h = (x.T @ x).double()
+                acc[name] = h if acc[name] is None else acc[name] + h
+            return f
+
+        handles = [modules[k].register_forward_pre_hook(hook(k)) for k in names]
+        try:
+            batches = [idx_all[i : i + batch_size] for i in range(0, len(idx_all), batch_size)]
+            with Bar(description, len(batches)) as bar:
+                for idx in batches:
+                    batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
+                    mask = batch["attention_mask"].bool()
+                    keep["mask"] = mask.reshape(-1, mask.shape[-1])  # multiple choice: (batch x choices, seq)
+                    count[0] += int(keep["mask"].sum())
+                    with autocast(precision, device.type):
+                        model(**model_inputs(batch))
+                    bar.advance()
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        return {k: (v / max(1, count[0])).cpu() for k, v in acc.items()}
+
+    return hessians

@@ -46,3 +46,12 @@ def kd_loss(
     if hardness >= 1.0 or task_loss is None:
         return soft
     return (1.0 - hardness) * task_loss + hardness * soft
+
+
+def hidden_loss(student: tuple, teacher: tuple, mask: torch.Tensor) -> torch.Tensor:
+    """Token-level distillation of the encoder's hidden states (ZipLM): the mean squared
+    difference of every layer's output, over the non-padding tokens (the embeddings' output,
+    never pruned, is left out)."""
+    keep = mask.reshape(-1, mask.shape[-1]).bool()
+    terms = [F.mse_loss(s.float()[keep], t.float()[keep]) for s, t in zip(student[1:], teacher[1:])]
+    return sum(terms) / len(terms)

@@ -23,11 +23,23 @@ class Settings:
 
 
 class GMP:
-    about = "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule"
+    about = "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule; with --speedup, heads and FFN neurons by norm"
     Settings = Settings
 
-    def __init__(self, settings: Settings, scope: str, pattern: str | None, **resources):
+    def __init__(self, settings: Settings, scope: str, pattern: str | None, *, structure=None, latency=None,
+                 widths: str = "per_layer", **resources):
         self.scope, self.pattern = scope, pattern
+        self.structured = None
+        if pattern == M.STRUCTURED:
+            from .structured import StructuredPruner
+
+            self.structured = StructuredPruner("magnitude", structure, latency, widths == "uniform")
+
+    @property
+    def history(self) -> list[dict]:
+        return self.structured.history if self.structured is not None else []
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
+        if self.structured is not None:
+            return self.structured.prune_step(modules, sparsity)
         prune_step(modules, sparsity, self.scope, {"pattern": self.pattern})

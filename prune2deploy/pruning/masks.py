@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 MASK = "weight_mask"
+STRUCTURED = "structured"  # whole heads and FFN neurons (pruning/structures.py), to a latency target
 
 
 def _encoder(model: nn.Module) -> nn.Module:
@@ -157,13 +158,13 @@ def check_blocks(masks: dict[str, torch.Tensor], k: int) -> None:
 
 def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
     """"unstructured"/None/"blockK" -> None; "N:M" -> (N, M): keep N of every M consecutive input weights."""
-    if pattern in (None, "", "unstructured") or block_of(pattern):
+    if pattern in (None, "", "unstructured", STRUCTURED) or block_of(pattern):
         return None
     try:
         n, m = (int(x) for x in str(pattern).split(":"))
     except ValueError:
         raise ValueError(
-            f"pattern must be 'unstructured', N:M (e.g. 2:4) or blockK (e.g. block4), got '{pattern}'"
+            f"pattern must be 'unstructured', 'structured', N:M (e.g. 2:4) or blockK (e.g. block4), got '{pattern}'"
         ) from None
     if not 0 < n < m:
         raise ValueError(f"pattern N:M needs 0 < N < M, got '{pattern}'")

@@ -5,11 +5,12 @@ file plus one line here."""
 from __future__ import annotations
 
 from ..errors import UserError
-from . import gmp, obert
+from . import gmp, obert, ziplm
 
 METHODS = {
     "gmp": gmp.GMP,
     "obert": obert.OBert,
+    "ziplm": ziplm.ZipLM,
 }
 
 

@@ -4,4 +4,4 @@ cache key, with the upstream outputs) and whether every rank runs it (PARALLEL),
 `run(ctx)`. A new stage is one module plus its name here; the runner (`run.py`) builds its
 tables from the modules, and nothing else imports them."""
 
-STAGES = ("teacher", "prune", "validate", "export", "quantize", "bench")
+STAGES = ("latency", "teacher", "prune", "validate", "export", "quantize", "bench")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import VerificationError
 from ..models import load_model, load_tokenizer
-from ..onnx_export import export_onnx, parity, verify_against_masks
+from ..onnx_export import export_onnx, parity, verify_against_masks, verify_structure
 from ..pruning import masks as M
 from .common import StageContext, prune_masks, setup
 
@@ -33,6 +33,9 @@ def run(ctx: StageContext) -> dict:
     sparse = load_model(sparse_dir, task.auto_class, task.num_labels)
     sparse.config.save_pretrained(out)
 
+    pr = ctx.result("prune")
+    if pr.get("pattern") == M.STRUCTURED:
+        return _structured(ctx, task, dev, tokenizer, sparse, dense_dir, pr)
     masks = prune_masks(ctx)
     report = verify_against_masks(sparse, masks, out / "model.onnx")
     nm, block = M.parse_pattern(recipe.prune.pattern), M.block_of(recipe.prune.pattern)
@@ -75,3 +78,53 @@ def run(ctx: StageContext) -> dict:
         "atol": recipe.export.atol,
         "parity_inputs": {"examples": len(samples), "seq_len": seq},
     }
+
+
+def _structured(ctx: StageContext, task, dev, tokenizer, compact, dense_dir, pr: dict) -> dict:
+    """A compact model: its shapes are the kept structures (weight by weight, in ONNX), and its
+    ONNX outputs equal the masked model's (the one trained) and its own."""
+    recipe, out = ctx.recipe, ctx.out
+    report = verify_structure(compact, out / "model.onnx", pr["widths"])
+    samples = task.sample_inputs(dev, recipe.export.parity_examples)
+    seq = min(recipe.data.max_length, 256)
+    inputs = task.encode(tokenizer, samples, len(samples), seq)
+    masked = load_model(str(ctx.path("prune", "masked_model_dir")), task.auto_class, task.num_labels)
+    diffs = {
+        "sparse": parity(masked, out / "model.onnx", inputs, recipe.threads),
+        "compact": parity(compact, out / "model.onnx", inputs, recipe.threads),
+        "dense": parity(load_model(dense_dir, task.auto_class, task.num_labels), out / "dense.onnx", inputs,
+                        recipe.threads),
+    }
+    for name, diff in diffs.items():
+        if not diff <= recipe.export.atol:
+            what = "the masked model's" if name == "sparse" else "PyTorch's"
+            raise VerificationError(
+                f"export: {name} ONNX outputs differ from {what} by {diff:.2e} > atol {recipe.export.atol:g}"
+            )
+    import onnx
+
+    size = {k: (out / f).stat().st_size for k, f in (("pruned", "model.onnx"), ("dense", "dense.onnx"))}
+    n_params = {k: sum(int(_numel(t)) for t in onnx.load(str(out / f), load_external_data=False).graph.initializer)
+                for k, f in (("pruned", "model.onnx"), ("dense", "dense.onnx"))}
+    return {
+        "path": "export/model.onnx",
+        "dense_path": "export/dense.onnx",
+        "opset": recipe.export.opset,
+        "pattern": M.STRUCTURED,
+        "widths": report["widths"],
+        "tensors_verified": len(report["tensors"]),
+        "bytes": size,
+        "parameters": n_params,
+        "max_abs_diff": diffs["sparse"],
+        "max_abs_diff_compact": diffs["compact"],
+        "max_abs_diff_dense": diffs["dense"],
+        "atol": recipe.export.atol,
+        "parity_inputs": {"examples": len(samples), "seq_len": seq},
+    }
+
+
+def _numel(t) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n

@@ -18,10 +18,10 @@ from ..models import load_model, load_tokenizer
 from ..pruning import masks as M
 from ..pruning.registry import get_method, settings_for
 from ..pruning.schedule import make_plan
-from ..training import FitConfig, fit, gradient_stream
+from ..training import FitConfig, fit, gradient_stream, input_hessians
 from .common import StageContext, checkpoint_path, load_teacher, setup, train_data
 
-NEEDS = ("teacher",)
+NEEDS = ("latency", "teacher")
 READS = ("task", "model", "seed", "precision", "attention_dropout", "data", "prune")
 PARALLEL = True  # data parallel: every rank trains, rank 0's masks are broadcast
 
@@ -53,10 +53,13 @@ def run(ctx: StageContext) -> dict:
     modules = M.prunable_modules(student, p.include_embeddings, p.include_head)
     M.attach_masks(modules)
     settings = settings_for(p.method, p.options, p.pattern, modules)
-    M.warn_few_kept(modules, p.target_sparsity)
+    structured = p.pattern == M.STRUCTURED
+    if not structured:
+        M.warn_few_kept(modules, p.target_sparsity)
     scale = recipe.epoch_scale()
     steps_per_epoch = max(1, len(features) // p.batch_size)
-    plan = make_plan(p, scale, steps_per_epoch)
+    # structured: the schedule raises the fraction of the dense model's time removed
+    plan = make_plan(replace(p, target_sparsity=recipe.schedule_target()), scale, steps_per_epoch)
     kd_teacher = teacher if p.kd_hardness > 0 else None
     nm, block, group = M.parse_pattern(p.pattern), M.block_of(p.pattern), M.group_of(p.pattern)
     odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % group), None)
@@ -84,6 +87,22 @@ def run(ctx: StageContext) -> dict:
             rank=D.rank(),
             world=D.world_size(),
         )
+    resources = {}
+    if structured:
+        from ..latency_table import Table
+        from ..files import read_json
+        from ..pruning.structures import Structure
+
+        resources = {
+            "structure": Structure.of(student, modules),
+            "latency": Table.from_dict(read_json(ctx.path("latency", "table"))),
+            "widths": p.widths,
+        }
+        if hasattr(settings, "calibration_examples"):
+            resources["hessians"] = input_hessians(
+                student, features, tokenizer, modules, settings.calibration_examples, settings.batch_size,
+                precision=recipe.precision, seed=recipe.seed, description=f"{p.method} hessians",
+            )
     method = get_method(p.method)(
         settings,
         p.scope,
@@ -92,6 +111,7 @@ def run(ctx: StageContext) -> dict:
         sum_across_ranks=D.sum_ if D.active() else None,
         rank=D.rank(),
         events=[step for step, _ in plan.prune_steps],
+        **resources,
     )
     cfg = FitConfig(
         total_steps=plan.total_steps,
@@ -104,7 +124,8 @@ def run(ctx: StageContext) -> dict:
         kd_hardness=p.kd_hardness,
         group_by_length=recipe.data.group_by_length,
         prune_events=dict(plan.prune_steps),
-        description=f"prune {p.method} → {p.target_sparsity:g}",
+        description=f"prune {p.method} → {p.target_speedup:g}x" if structured else f"prune {p.method} → {p.target_sparsity:g}",
+        kd_hidden=p.kd_hidden,
         checkpoint=checkpoint_path(ctx.run_dir, "prune"),
         checkpoint_every=recipe.checkpoint_every,
         checkpoint_tag=ctx.key,
@@ -121,6 +142,9 @@ def run(ctx: StageContext) -> dict:
     )
 
     masks = M.get_masks(modules)
+    if structured:
+        return _finish_structured(ctx, student, tokenizer, modules, masks, resources, method, plan, train_log,
+                                  scale, steps_per_epoch, data_info)
     try:
         if nm:
             M.check_pattern(masks, *nm)
@@ -156,5 +180,64 @@ def run(ctx: StageContext) -> dict:
             "per_layer": layer_sparsity(masks),
         },
         "model_dir": "prune/model",
+        "masks": "prune/masks.safetensors",
+    }
+
+
+def _finish_structured(ctx, student, tokenizer, modules, masks, resources, method, plan, train_log, scale,
+                       steps_per_epoch, data_info) -> dict:
+    """Check that whole structures were removed, save the masked model (what export checks the
+    compact one against) and the compact model (what ships), and record the widths."""
+    from ..pruning.structures import compact, counts, widths_of
+
+    out, p = ctx.out, ctx.recipe.prune
+    structure, table = resources["structure"], resources["latency"]
+    try:
+        structure.check(masks)
+    except AssertionError as e:
+        raise VerificationError(f"prune: masks do not remove whole structures: {e}") from None
+    for name, module in modules.items():
+        if bool((module.weight[~getattr(module, M.MASK)] != 0).any()):
+            raise VerificationError(f"prune: {name} has non-zero weights under its mask")
+    kept = structure.kept(modules)
+    student.save_pretrained(out / "masked", safe_serialization=True)
+    M.save_masks(masks, out / "masks.safetensors")
+    for module in modules.values():  # the mask buffers go; the compact model has none
+        del module._buffers[M.MASK]
+    compact(student, kept)
+    student.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+    widths = counts(kept)
+    if widths_of(student) != widths:
+        raise VerificationError(f"prune: compact widths {widths_of(student)} are not the kept ones {widths}")
+    write_json_atomic(out / "train_log.json", {**train_log, "structured_steps": getattr(method, "history", [])})
+    report = M.sparsity_report(masks)
+    full = {"heads": [layer.heads for layer in structure.layers], "ffn": [layer.ffn for layer in structure.layers]}
+    return {
+        "method": p.method,
+        "pattern": M.STRUCTURED,
+        "target_speedup": p.target_speedup,
+        "latency_runtime": table.runtime,
+        "predicted_speedup": round(1.0 / table.relative(widths), 4),
+        "predicted_ms": [round(x, 3) for x in table.ms(widths)],
+        "dense_ms": table.full_ms,
+        "shapes": table.shapes,
+        "widths": widths,
+        "full_widths": full,
+        "kept_heads": kept["heads"],
+        "epoch_scale": round(scale, 4),
+        "epochs": round(p.epochs * scale, 4),
+        "total_steps": plan.total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "prune_steps": [list(e) for e in plan.prune_steps],
+        "data": data_info,
+        "sparsity": {
+            "encoder": report["overall"],
+            "zeros": report["zeros"],
+            "total": report["total"],
+            "per_layer": layer_sparsity(masks),
+        },
+        "model_dir": "prune/model",
+        "masked_model_dir": "prune/masked",
         "masks": "prune/masks.safetensors",
     }

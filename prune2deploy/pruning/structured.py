@@ -1,0 +1,162 @@
+"""Structured pruning to a latency target: criteria for heads and FFN neurons, and the step.
+
+At a pruning event the target is a fraction of the dense model's time (the schedule's
+"sparsity" s is the fraction of time removed: s = 1 - 1/speedup at the end). A criterion gives
+every module (one layer's attention, one layer's FFN) a removal order and the cumulative loss
+of removing its first k structures; `allocation.allocate` chooses how many each removes under
+the latency table's budget; the masks then remove them (the rows and columns of each head and
+neuron: `structures.Structure.masks_for`).
+
+Criteria:
+- magnitude (the GMP analogue): the squared norm of a head's or neuron's columns of its output
+  projection (through which it reaches the residual stream), ranked globally as GMP ranks |w|;
+- second-order (ZipLM, OBS with the layer-input Hessian H = XᵀX of the output projection's
+  inputs on calibration data): removing the input columns M of W costs
+  ρ_M = tr(W_M ((H⁻¹)_MM)⁻¹ W_Mᵀ) (squared output error, comparable across modules); the removal
+  is greedy (a head, or a chunk of neurons, at a time, H⁻¹ and W updated after each) and the
+  kept columns get the optimal update W ← W − W_M ((H⁻¹)_MM)⁻¹ (H⁻¹)_M,: .
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..progress import log
+from . import masks as M
+from .allocation import Curve, _step, allocate
+from .structures import Structure, counts
+
+
+def _curve(scores: list[float], removed: set[int]) -> Curve:
+    order = sorted(range(len(scores)), key=lambda j: (j not in removed, scores[j]))
+    loss = [0.0]
+    for j in order:
+        loss.append(loss[-1] + (0.0 if j in removed else float(scores[j])))
+    return Curve(order, loss, len(removed))
+
+
+def magnitude_curves(structure: Structure, modules: dict) -> tuple[list[Curve], list[Curve]]:
+    kept = structure.kept(modules)
+    attn, ffn = [], []
+    for layer, heads, neurons in zip(structure.layers, kept["heads"], kept["ffn"]):
+        wo = modules[layer.names["o"]].weight.detach().float()
+        per_head = wo.pow(2).sum(0).reshape(layer.heads, layer.head_dim).sum(-1)
+        attn.append(_curve(per_head.tolist(), set(range(layer.heads)) - set(heads)))
+        wf = modules[layer.names["f"]].weight.detach().float()
+        per_neuron = wf.pow(2).sum(0)
+        ffn.append(_curve(per_neuron.tolist(), set(range(layer.ffn)) - set(neurons)))
+    return attn, ffn
+
+
+def _inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
+    H = H.double()
+    d = damp * H.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for _ in range(6):  # more dampening until it factors
+        L, info = torch.linalg.cholesky_ex(H + d * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(L)
+        d *= 10
+    return torch.linalg.pinv(H + d * eye)
+
+
+def obs_curve(W: torch.Tensor, Hinv: torch.Tensor, group: int, removed: set[int]) -> Curve:
+    """Greedy OBS removal of W's input columns in groups of `group` (a head) or, with group 1,
+    in chunks of neurons; the loss is the increase of the layer's squared output error (both
+    output projections write into the same residual stream, so the units compare)."""
+    W, Hinv = W.double().clone(), Hinv.clone()
+    n = W.shape[1] // group
+    cols = lambda gs: torch.cat([torch.arange(g * group, (g + 1) * group) for g in gs])  # noqa: E731
+    order = sorted(removed)
+    loss = [0.0] * (len(order) + 1)
+    left = [g for g in range(n) if g not in removed]
+    chunk = 1 if group > 1 else _step(n)
+    if order:  # what is gone already is gone: its columns are zero, the update only moves H⁻¹
+        idx = cols(order)
+        Hinv = Hinv - Hinv[:, idx] @ torch.linalg.solve(Hinv[idx][:, idx], Hinv[idx, :])
+    while left:
+        if group == 1:
+            d = Hinv.diagonal()[left].clamp_min(1e-12)
+            score = W[:, left].pow(2).sum(0) / d
+            pick = [left[i] for i in torch.argsort(score)[:chunk].tolist()]
+        else:
+            score = []
+            for g in left:
+                idx = cols([g])
+                Wm = W[:, idx]
+                score.append(float(torch.einsum("oi,ij,oj->", Wm, torch.linalg.inv(Hinv[idx][:, idx]), Wm)))
+            pick = [left[min(range(len(left)), key=score.__getitem__)]]
+        idx = cols(pick)
+        inv_mm = torch.linalg.inv(Hinv[idx][:, idx])
+        rho = float(torch.einsum("oi,ij,oj->", W[:, idx], inv_mm, W[:, idx]))
+        W = W - W[:, idx] @ inv_mm @ Hinv[idx, :]
+        W[:, idx] = 0
+        Hinv = Hinv - Hinv[:, idx] @ inv_mm @ Hinv[idx, :]
+        for k, g in enumerate(pick):  # a chunk's loss, spread over its neurons
+            order.append(g)
+            loss.append(loss[-1] + rho / len(pick))
+        left = [g for g in left if g not in pick]
+    return Curve(order, loss, len(removed))
+
+
+@torch.no_grad()
+def obs_update(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The kept columns' optimal update for removing `cols` at once (exact for the whole set)."""
+    W64 = W.double()
+    inv_mm = torch.linalg.inv(Hinv[cols][:, cols])
+    W64 = W64 - W64[:, cols] @ inv_mm @ Hinv[cols, :]
+    W64[:, cols] = 0
+    return W64.to(W.dtype)
+
+
+class StructuredPruner:
+    """The structured prune step for a latency table and a criterion ("magnitude" or "obs")."""
+
+    def __init__(self, criterion: str, structure: Structure, latency, uniform: bool = False,
+                 hessians=None, damp: float = 0.01):
+        if latency is None or structure is None:
+            raise ValueError("structured pruning needs a structure and a latency table")
+        self.criterion, self.structure, self.table, self.uniform = criterion, structure, latency, uniform
+        self.hessians, self.damp = hessians, damp
+        self.history: list[dict] = []
+
+    @torch.no_grad()
+    def prune_step(self, modules: dict, sparsity: float) -> None:
+        budget = 1.0 - sparsity
+        st = self.structure
+        if self.criterion == "obs":
+            names = [n for layer in st.layers for n in (layer.names["o"], layer.names["f"])]
+            H = self.hessians(names)
+            inv = {n: _inverse(H[n], self.damp) for n in names}
+            kept = st.kept(modules)
+            attn, ffn = [], []
+            for layer, heads, neurons in zip(st.layers, kept["heads"], kept["ffn"]):
+                o, f = layer.names["o"], layer.names["f"]
+                attn.append(obs_curve(modules[o].weight.detach(), inv[o], layer.head_dim,
+                                      set(range(layer.heads)) - set(heads)))
+                ffn.append(obs_curve(modules[f].weight.detach(), inv[f], 1, set(range(layer.ffn)) - set(neurons)))
+        else:
+            attn, ffn = magnitude_curves(st, modules)
+        removed = allocate(attn, ffn, self.table, budget, self.uniform)
+        before = st.kept(modules)
+        kept = {
+            "heads": [sorted(c.order[r:]) for c, r in zip(attn, removed["attn"])],
+            "ffn": [sorted(c.order[r:]) for c, r in zip(ffn, removed["ffn"])],
+        }
+        if self.criterion == "obs":  # the kept columns absorb what the removed ones did
+            for layer, was_h, now_h, was_f, now_f in zip(st.layers, before["heads"], kept["heads"], before["ffn"],
+                                                         kept["ffn"]):
+                o, f = layer.names["o"], layer.names["f"]
+                gone = sorted(set(range(layer.heads)) - set(now_h))
+                if set(was_h) != set(now_h):
+                    idx = torch.cat([torch.arange(h * layer.head_dim, (h + 1) * layer.head_dim) for h in gone])
+                    modules[o].weight.copy_(obs_update(modules[o].weight, inv[o], idx.to(modules[o].weight.device)))
+                if set(was_f) != set(now_f):
+                    idx = torch.tensor(sorted(set(range(layer.ffn)) - set(now_f)), device=modules[f].weight.device)
+                    modules[f].weight.copy_(obs_update(modules[f].weight, inv[f], idx))
+        M.set_masks(modules, st.masks_for(modules, kept))
+        c = counts(kept)
+        predicted = self.table.relative(c)
+        self.history.append({"target_speedup": round(1 / budget, 4), "predicted_speedup": round(1 / predicted, 4), **c})
+        log(f"[dim]structured → {1 / budget:.2f}x (predicted {1 / predicted:.2f}x on {self.table.runtime}): "
+            f"heads {c['heads']}, FFN {c['ffn']}[/dim]")
