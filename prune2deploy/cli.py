@@ -162,9 +162,9 @@ def run(
             sets,
             **{
                 "prune.target_speedup": speedup,
+                "prune.method": method or ("ziplm" if speedup is not None else None),
                 "prune.pattern": "structured" if speedup is not None and pattern is None else pattern,
                 "prune.target_sparsity": 0.0 if speedup is not None else sparsity,
-                "prune.method": method,
                 "model": model,
                 "teacher.path": teacher,
                 "data.data_dir": data_dir,
