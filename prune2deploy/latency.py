@@ -82,6 +82,8 @@ def bench_models(
             "seq_len": s,
             "threads": threads,
         }
+        if models[label].get("structured"):
+            row["structured"] = True
         try:
             times, outputs = rt.bench(
                 source, inputs, threads, bench_cfg.warmup, bench_cfg.iters, bench_cfg.min_time_s, **kw
@@ -123,7 +125,7 @@ def add_speedups(rows: list[dict]) -> None:
         r["speedup_vs_dense_onnxruntime"] = round(ort["p50_ms"] / r["p50_ms"], 3) if ort else None
         r["speedup_vs_best_dense"] = round(best["p50_ms"] / r["p50_ms"], 3) if best else None
         r["best_dense"] = f"{best['runtime']} {best['model']} ({best['precision']})" if best else None
-        if not r["model"].startswith("dense") and same and same["precision"] == r["precision"]:
+        if not r["model"].startswith("dense") and not r.get("structured") and same and same["precision"] == r["precision"]:
             # against its own dense row at the same precision, the same work unless the runtime skips zeros
             r["sparse_kernel"] = skips_zeros(r["runtime"])
 

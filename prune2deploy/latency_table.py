@@ -12,6 +12,7 @@ full model's measured time.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,7 +49,8 @@ class Table:
     def ms(self, counts: dict[str, list[int]]) -> list[float]:
         """Predicted time per shape of a model with these per-layer head counts and FFN widths."""
         return [
-            self.floor_ms[k] + sum(self.attn(k, h) + self.ffn_time(k, w) for h, w in zip(counts["heads"], counts["ffn"]))
+            self.floor_ms[k]
+            + sum(self.attn(k, h) + self.ffn_time(k, w) for h, w in zip(counts["heads"], counts["ffn"]))
             for k in range(len(self.shapes))
         ]
 
@@ -76,7 +78,9 @@ def _export(model, path: Path, shape: tuple[int, int]) -> None:
     args = tuple(torch.ones(b, s, dtype=torch.long) for _ in names)
     axes = {n: {0: "batch", 1: "seq"} for n in names}
     model.config.return_dict = False
-    torch.onnx.export(model, args, str(path), input_names=names, dynamic_axes=axes, opset_version=14, dynamo=False)
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), input_names=names, dynamic_axes=axes, opset_version=14, dynamo=False)
 
 
 def _variant(config, auto_class: str, layers: int, heads: int, ffn: int):

@@ -239,12 +239,19 @@ def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES
     from .report import build_report, print_summary
 
     preflight(recipe)
+    fresh = not Path(run_dir).exists()
     with D.together(f"preparing {run_dir}"):
         if D.is_main():  # one writer of the run dir
             prepare_run_dir(recipe, run_dir, force=force)
     records = {}
     for stage in stages:
-        records[stage] = run_stage(stage, recipe, run_dir)
+        try:
+            records[stage] = run_stage(stage, recipe, run_dir)
+        except UserError:
+            # bad input found by the first stage (an unreachable --speedup): leave nothing behind
+            if fresh and not records and D.is_main():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     if not D.is_main():
         return {}
     report = build_report(recipe, run_dir)

@@ -23,7 +23,7 @@ class Settings:
 
 
 class GMP:
-    about = "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule; with --speedup, heads and FFN neurons by norm"
+    about = "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule; with --speedup: heads/FFN neurons by norm"
     Settings = Settings
 
     def __init__(self, settings: Settings, scope: str, pattern: str | None, *, structure=None, latency=None,

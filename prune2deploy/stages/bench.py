@@ -35,6 +35,7 @@ def run(ctx: StageContext) -> dict:
         "dense": {"onnx": ctx.path("export", "dense_path"), "hf": dense_dir},
         "sparse": {"onnx": sparse_onnx, "hf": sparse_dir},
     }
+    structured = ctx.result("prune").get("pattern") == "structured"  # a smaller dense model: less work anywhere
     q = ctx.result("quantize")
     if q.get("quantize", "none") != "none":  # INT8 rows, each checked against ORT on its own graph
         models["sparse-int8"] = {"onnx": ctx.path("quantize", "path"), "hf": None, "precision": "int8"}
@@ -50,6 +51,8 @@ def run(ctx: StageContext) -> dict:
             cache[(b, s)] = task.encode(tokenizer, samples, b, s)
         return cache[(b, s)]
 
+    for label, m in models.items():
+        m["structured"] = structured and label.startswith("sparse")
     rows, skipped = bench_models(
         models,
         inputs_for,

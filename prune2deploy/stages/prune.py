@@ -124,7 +124,7 @@ def run(ctx: StageContext) -> dict:
         kd_hardness=p.kd_hardness,
         group_by_length=recipe.data.group_by_length,
         prune_events=dict(plan.prune_steps),
-        description=f"prune {p.method} → {p.target_speedup:g}x" if structured else f"prune {p.method} → {p.target_sparsity:g}",
+        description=f"prune {p.method} → " + (f"{p.target_speedup:g}x" if structured else f"{p.target_sparsity:g}"),
         kd_hidden=p.kd_hidden,
         checkpoint=checkpoint_path(ctx.run_dir, "prune"),
         checkpoint_every=recipe.checkpoint_every,
