@@ -161,10 +161,11 @@ def check_zeros_kept(fp32_path: Path, int8_path: Path, tensors: list[str]) -> di
 class OnnxAsModel:
     """Just enough of a transformers model for the tasks' evaluate(): eval(), __call__(**tensors)."""
 
-    def __init__(self, path: Path, threads: int, output_names: tuple[str, ...]):
+    def __init__(self, path: Path, threads: int, output_names: tuple[str, ...], session=None):
+        """`session(path, threads) -> run`: the runtime to run it on (default ONNX Runtime)."""
         from .runtimes import onnxruntime as ort_rt
 
-        self.run = ort_rt.load(path, threads)
+        self.run = (session or ort_rt.load)(path, threads)
         self.output_names = output_names
 
     def eval(self):

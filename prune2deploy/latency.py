@@ -49,10 +49,12 @@ def reference_outputs(model_dir: str, auto_class: str, inputs: dict[str, np.ndar
 
 
 def bench_models(
-    models: dict[str, dict], inputs_for, bench_cfg, threads: int, auto_class: str | None, reference
+    models: dict[str, dict], inputs_for, bench_cfg, threads: int, auto_class: str | None, reference, accuracy=None
 ) -> tuple[list[dict], list[str]]:
     """models: {"dense"|"sparse": {"onnx": path, "hf": dir or None}}; inputs_for(b, s) -> inputs;
-    reference(label, inputs) -> outputs to check each runtime against."""
+    reference(label, inputs) -> outputs to check each runtime against. `accuracy(label, runtime)`
+    -> the task metric of that graph on that runtime (None where the runtime cannot say): an
+    INT8 row is then judged by it against ONNX Runtime's on the same graph, not by its logits."""
     runtimes, skipped = resolve(bench_cfg.runtimes)
     for name in skipped:
         log(f"[yellow]bench: {not_installed(name)}; skipped[/yellow]")
@@ -97,7 +99,18 @@ def bench_models(
         )
         row["max_abs_diff"] = round(diff, 6)
         tol = tolerance(precision, refs[(label, b, s)])
-        if diff > tol:
+        acc = accuracy(label, rt.name) if accuracy is not None and precision == "int8" else None
+        if acc is not None:  # what the user gets: the task metric of this graph on this runtime
+            ref_acc = accuracy(label, "onnxruntime")
+            row["accuracy"], row["accuracy_onnxruntime"] = round(acc, 3), round(ref_acc, 3)
+            if acc < ref_acc - bench_cfg.accuracy_tolerance:
+                rows.append({**row, "error": (
+                    f"task metric {acc:.2f} on {rt.name} vs {ref_acc:.2f} on ONNX Runtime (same graph, "
+                    f"{bench_cfg.accuracy_examples} dev examples): more than {bench_cfg.accuracy_tolerance:g} lower; "
+                    "not timed"
+                )})
+                continue
+        elif diff > tol:
             against = "ONNX Runtime on the same INT8 graph" if precision == "int8" else "PyTorch"
             error = f"outputs differ from {against} by {diff:.3g} (> {tol:g} for {precision}); not timed"
             rows.append({**row, "error": error})
@@ -125,7 +138,8 @@ def add_speedups(rows: list[dict]) -> None:
         r["speedup_vs_dense_onnxruntime"] = round(ort["p50_ms"] / r["p50_ms"], 3) if ort else None
         r["speedup_vs_best_dense"] = round(best["p50_ms"] / r["p50_ms"], 3) if best else None
         r["best_dense"] = f"{best['runtime']} {best['model']} ({best['precision']})" if best else None
-        if not r["model"].startswith("dense") and not r.get("structured") and same and same["precision"] == r["precision"]:
+        compared = same and same["precision"] == r["precision"]
+        if not r["model"].startswith("dense") and not r.get("structured") and compared:
             # against its own dense row at the same precision, the same work unless the runtime skips zeros
             r["sparse_kernel"] = skips_zeros(r["runtime"])
 

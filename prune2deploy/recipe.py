@@ -108,6 +108,12 @@ class BenchConfig:
     warmup: int = 5
     iters: int = 30
     min_time_s: float = 2.0  # per shape, after warm-up, at least this long
+    # An INT8 row is judged by the task metric of its graph on its runtime, on the first
+    # `accuracy_examples` dev examples: refused when more than `accuracy_tolerance` (metric
+    # points) below the same graph on ONNX Runtime (runtimes requantize differently: logits differ)
+    accuracy_examples: int = 200
+    accuracy_tolerance: float = 1.0
+    accuracy_gate: float = 0.95  # the verdict ships the fastest artifact keeping this fraction of dense accuracy
 
 
 @dataclass(frozen=True)
@@ -335,6 +341,9 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "bench.warmup": (0, True, None, False),
     "bench.iters": (1, True, None, False),
     "bench.min_time_s": (0, True, None, False),
+    "bench.accuracy_examples": (1, True, None, False),
+    "bench.accuracy_tolerance": (0, True, None, False),
+    "bench.accuracy_gate": (0, True, 1, True),
 }
 
 

@@ -17,7 +17,7 @@ def build_report(recipe, run_dir: Path) -> dict:
     teacher, prune, validate, export, quantize, bench = (
         res[s] for s in ("teacher", "prune", "validate", "export", "quantize", "bench")
     )
-    return {
+    report = {
         "task": recipe.task,
         "model": recipe.model,
         "method": recipe.prune.method,
@@ -50,6 +50,71 @@ def build_report(recipe, run_dir: Path) -> dict:
         },
         "seconds": {s: r.get("seconds") for s, r in records.items()},
     }
+    report["verdict"] = verdict(report, recipe.bench.accuracy_gate)
+    return report
+
+
+# graph label -> the accuracy it was measured with (the model's, or its INT8 graph's through ORT)
+ACCURACY_OF = {"dense": ("dense",), "sparse": ("sparse",), "sparse-int8": ("quantize", "sparse_int8"),
+               "dense-int8": ("quantize", "dense_int8"), "sparse-int8-mmi": ("quantize", "sparse_int8_mmi"),
+               "dense-int8-mmi": ("quantize", "dense_int8_mmi")}
+
+
+def row_accuracy(report: dict, row: dict) -> float | None:
+    """The task metric of what a bench row runs: measured on its runtime where it was (INT8
+    rows), else the graph's (PyTorch for fp32 models; ONNX Runtime for INT8 graphs)."""
+    if row.get("accuracy") is not None:
+        return row["accuracy"]
+    metric, where = report.get("metric"), ACCURACY_OF.get(row.get("model"))
+    if not metric or not where:
+        return None
+    if where[0] == "quantize":
+        return ((report.get("quantize") or {}).get("metrics") or {}).get(where[1], {}).get(metric)
+    return report["metrics"][where[0]].get(metric)
+
+
+def verdict(report: dict, gate: float) -> dict | None:
+    """What to ship on this machine: of every timed artifact (graph x runtime) keeping `gate` of
+    the dense model's accuracy, the one with the best worst-case speedup over the bench shapes
+    against the best dense option; with its runtime's licence."""
+    from .runtimes.registry import licence_of
+
+    rows = [r for r in report.get("bench") or [] if "p50_ms" in r and r.get("speedup_vs_best_dense")]
+    metric = report.get("metric")
+    dense_acc = report["metrics"]["dense"].get(metric) if metric else None
+    if not rows or not dense_acc:
+        return None
+    shapes = {(r["batch_size"], r["seq_len"]) for r in rows}
+    best = None
+    for key in sorted({(r["runtime"], r["model"]) for r in rows}):
+        mine = [r for r in rows if (r["runtime"], r["model"]) == key]
+        if {(r["batch_size"], r["seq_len"]) for r in mine} != shapes:
+            continue  # not timed at every shape
+        acc = row_accuracy(report, mine[0])
+        if acc is None or acc < gate * dense_acc:
+            continue
+        worst = min(r["speedup_vs_best_dense"] for r in mine)
+        if best is None or worst > best[0]:
+            best = (worst, key, mine, acc)
+    if best is None:
+        return {"line": f"ship: nothing timed here keeps {gate:.0%} of dense {metric}", "gate": gate}
+    worst, (runtime, model), mine, acc = best
+    mine = sorted(mine, key=lambda r: (r["batch_size"], r["seq_len"]))
+    licence = licence_of(runtime) or "unknown"
+    speed = " / ".join(f"{r['speedup_vs_best_dense']:.2f}x" for r in mine)
+    at = " / ".join(f"b{r['batch_size']}" for r in mine)
+    what = _artifact(model, mine[0].get("precision"))
+    line = (f"ship: {what} on {runtime}: {speed} the best dense ({mine[0]['best_dense']}) at {at}; "
+            f"{metric} {acc:.2f} = {acc / dense_acc:.1%} of dense (gate {gate:.0%}); licence: {licence}")
+    return {"line": line, "runtime": runtime, "model": model, "precision": mine[0].get("precision"),
+            "speedup_vs_best_dense": {f"b{r['batch_size']}s{r['seq_len']}": r["speedup_vs_best_dense"] for r in mine},
+            "accuracy": acc, "retained": round(acc / dense_acc, 4), "gate": gate, "licence": licence}
+
+
+def _artifact(model: str, precision: str | None) -> str:
+    base = "pruned" if model.startswith("sparse") else "dense"
+    graph = "INT8 MatMulInteger" if model.endswith("-mmi") else "INT8" if "int8" in model else (precision or "fp32")
+    return f"{base} {graph}"
 
 
 def structured_summary(prune: dict, export: dict, rows: list[dict]) -> dict:
@@ -74,75 +139,61 @@ def structured_summary(prune: dict, export: dict, rows: list[dict]) -> dict:
 
 
 def summary_table(report: dict) -> Table:
+    """One compact table (fits 100 columns): each pruned graph beside its dense twin on each
+    runtime and shape, its speedups and accuracy; the verdict is printed under it."""
     metric = report.get("metric") or "metric"
-    t = Table(
-        title=f"{report['task']} · {report['method']} · target {report['target_sparsity']:g} · {report['profile']}"
-    )
-    t.add_column("")
-    t.add_column("dense", justify="right")
-    t.add_column("sparse", justify="right")
-    t.add_column("ratio", justify="right")
+    target = f"{report['target_speedup']:g}x structured" if report.get("target_speedup") else (
+        f"{report['target_sparsity']:g} sparse")
     d = report["metrics"]["dense"].get(metric)
     s = report["metrics"]["sparse"].get(metric)
-    if d is not None and s is not None:
-        t.add_row(metric, f"{d:.2f}", f"{s:.2f}", f"{s / d:.1%}" if d else "-")
-    if "exact_match" in report["metrics"]["dense"]:
-        t.add_row(
-            "exact_match",
-            f"{report['metrics']['dense']['exact_match']:.2f}",
-            f"{report['metrics']['sparse']['exact_match']:.2f}",
-            "",
-        )
-    q = report.get("quantize") or {}
-    qm = (q.get("metrics") or {}).get("sparse_int8", {}).get(metric)
-    if qm is not None and d:
-        t.add_row(f"{metric} sparse INT8 (ONNX Runtime)", "", f"{qm:.2f}", f"{qm / d:.1%}")
-    dq = (q.get("metrics") or {}).get("dense_int8", {}).get(metric)
-    if dq is not None and d:
-        t.add_row(f"{metric} dense INT8 (ONNX Runtime)", f"{dq:.2f}", "", f"{dq / d:.1%}")
-    enc = report["sparsity"].get("encoder")
-    onnx_s = report["onnx"].get("encoder_sparsity")
-    if enc is not None:
-        t.add_row(
-            "encoder sparsity (torch / onnx)",
-            "0",
-            f"{enc:.4f} / {onnx_s:.4f}" if onnx_s is not None else f"{enc:.4f}",
-            "",
-        )
+    acc = f"{metric} dense {d:.2f}, pruned {s:.2f} ({s / d:.1%})" if d and s is not None else ""
+    t = Table(title=f"{report['task']} · {report['method']} · {target} · {report['profile']}", caption=acc,
+              box=None, pad_edge=False, header_style="bold")
+    for name, just in (("runtime", "left"), ("graph", "left"), ("batch", "right"), ("dense ms", "right"),
+                       ("pruned ms", "right"), ("vs own dense", "right"), ("vs best dense", "right"),
+                       (metric, "right")):
+        t.add_column(name, justify=just)
     rows = [r for r in report.get("bench") or [] if "p50_ms" in r]
+    twin = {"sparse": "dense", "sparse-int8": "dense-int8", "sparse-int8-mmi": "dense-int8-mmi"}
     for r in rows:
-        if r["model"].startswith("dense"):
+        if r["model"] not in twin:
             continue
-        dense = next(
-            (
-                x
-                for x in rows
-                if x["model"] == "dense"
-                and x["runtime"] == r["runtime"]
-                and x["batch_size"] == r["batch_size"]
-                and x["seq_len"] == r["seq_len"]
-            ),
-            None,
-        )
-        if dense:
-            sp = r.get("speedup_vs_best_dense")
-            best = (f" (vs best dense, {r['best_dense']}: {sp:.2f}x{', SLOWER' if sp < 1 else ''})") if sp else ""
-            if r.get("sparse_kernel") is False:
-                from .latency import NO_SPARSE_KERNEL  # (numpy and the runtimes: only where there are rows)
+        dense = next((x for x in rows if x["model"] == twin[r["model"]] and x["runtime"] == r["runtime"]
+                      and (x["batch_size"], x["seq_len"]) == (r["batch_size"], r["seq_len"])), None)
+        own = f"{dense['p50_ms'] / r['p50_ms']:.2f}x" if dense else "-"
+        if r.get("sparse_kernel") is False:
+            own += "*"
+        best = r.get("speedup_vs_best_dense")
+        a = row_accuracy(report, r)
+        t.add_row(r["runtime"], _artifact(r["model"], r.get("precision")).removeprefix("pruned "),
+                  f"{r['batch_size']}x{r['seq_len']}", f"{dense['p50_ms']:.2f}" if dense else "-", f"{r['p50_ms']:.2f}",
+                  own, f"{best:.2f}x" if best else "-", f"{a:.2f}" if a is not None else "-")
+    return t
 
-                best = NO_SPARSE_KERNEL + best
-            t.add_row(
-                f"p50 ms {r['runtime']} {r['model']} {r.get('precision', '')} b{r['batch_size']} s{r['seq_len']}",
-                f"{dense['p50_ms']:.2f}",
-                f"{r['p50_ms']:.2f}",
-                f"{dense['p50_ms'] / r['p50_ms']:.2f}x{best}",
-            )
-    from .runtimes.registry import cpu_runtimes, not_installed
 
+def summary_notes(report: dict) -> list[str]:
+    """The lines under the table: footnotes, refused rows, what was not benched, the verdict."""
+    from .runtimes.registry import EVALUATION_ONLY, cpu_runtimes, licence_of, not_installed
+
+    notes = []
+    rows = report.get("bench") or []
+    if any(r.get("sparse_kernel") is False for r in rows):
+        notes.append("* no sparse kernel on that runtime: same work as dense, the difference is timing noise")
+    best = next((r.get("best_dense") for r in rows if r.get("best_dense")), None)
+    if best:
+        notes.append(f"best dense option timed here: {best}")
+    for r in rows:
+        if "error" in r and r["model"].startswith("dense"):
+            notes.append(f"not timed: {r['runtime']} {r['model']} b{r['batch_size']}: {r['error'][:150]}")
+    if any(licence_of(r.get("runtime", "")) == EVALUATION_ONLY for r in rows):
+        notes.append(f"deepsparse rows: licence {EVALUATION_ONLY}")
     missing = cpu_runtimes(report.get("bench_skipped") or [])
     if missing:
-        t.add_row("not benched", "", "", "; ".join(not_installed(n) for n in missing))
-    return t
+        notes.append("not benched: " + "; ".join(not_installed(n) for n in missing))
+    v = report.get("verdict")
+    if v:
+        notes.append(v["line"])
+    return notes
 
 
 # The bench table's columns, one table for the terminal (`print_bench`) and the HTML page:
@@ -175,4 +226,7 @@ def print_bench(rows: list[dict]) -> None:
 
 
 def print_summary(report: dict) -> None:
-    Console().print(summary_table(report))
+    console = Console(width=min(100, Console().width))
+    console.print(summary_table(report))
+    for line in summary_notes(report):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -110,11 +110,12 @@ def bench(
 
 
 def _runtime():
-    from .registry import Runtime
+    from .registry import EVALUATION_ONLY, Runtime
 
     return Runtime(
         NAME, PRECISION, FORMAT, available, version, bench, skips_zeros=True,
         install="scripts/bootstrap makes .venv-deepsparse beside the code, or set P2D_DEEPSPARSE_PYTHON",
+        licence=EVALUATION_ONLY,
     )
 
 

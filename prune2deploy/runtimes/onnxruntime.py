@@ -60,9 +60,14 @@ def bench(onnx_path, inputs, threads, warmup, iters, min_time_s, name: str = NAM
     return time_calls(run, inputs, warmup, iters, min_time_s)
 
 
+def session(onnx_path, threads, name: str = NAME):
+    return load(onnx_path, threads, providers=PROVIDERS[name])
+
+
 RUNTIMES = [
     Runtime(
-        n, "fp32", "onnx", partial(available, n), version, partial(bench, name=n), device="cpu" if n == NAME else "cuda"
+        n, "fp32", "onnx", partial(available, n), version, partial(bench, name=n),
+        device="cpu" if n == NAME else "cuda", licence="MIT", session=partial(session, name=n),
     )
     for n in PROVIDERS
 ]

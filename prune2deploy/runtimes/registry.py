@@ -20,6 +20,23 @@ class Runtime:
     device: str = "cpu"
     skips_zeros: bool = False  # has kernels that skip pruned weights; else sparse = dense work there
     install: str = ""  # how to get it where it is missing (said when a bench skips it)
+    licence: str = ""  # what a user may do with it; "evaluation only" is said wherever its rows are
+    # session(onnx_path, threads) -> run(inputs) -> outputs, at any input shape: the runtime's
+    # accuracy on the task (an INT8 row is judged by it); None where the runtime has none
+    session: Callable | None = None
+
+
+EVALUATION_ONLY = "evaluation only (DeepSparse Community License: not for production)"
+
+
+def licence_of(name: str) -> str:
+    rt = _all().get(name)
+    return rt.licence if rt else ""
+
+
+def session_of(name: str):
+    rt = _all().get(name)
+    return rt.session if rt else None
 
 
 def skips_zeros(name: str) -> bool:

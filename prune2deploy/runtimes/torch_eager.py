@@ -45,8 +45,9 @@ def bench(model_dir, inputs, threads, warmup, iters, min_time_s, device: str = "
 
 
 RUNTIMES = [
-    Runtime("torch", "fp32", "hf", available, version, partial(bench, device="cpu")),
+    Runtime("torch", "fp32", "hf", available, version, partial(bench, device="cpu"), licence="BSD-3-Clause"),
     Runtime(
-        "torch-cuda", "fp32", "hf", partial(available, "cuda"), version, partial(bench, device="cuda"), device="cuda"
+        "torch-cuda", "fp32", "hf", partial(available, "cuda"), version, partial(bench, device="cuda"), device="cuda",
+        licence="BSD-3-Clause",
     ),
 ]

@@ -11,7 +11,9 @@ from ..files import write_json_atomic
 from ..latency import bench_models, chart, loadavg, markdown, reference_outputs
 from ..machine import cpu_info
 from ..models import load_tokenizer
+from ..int8 import OnnxAsModel
 from ..runtimes import onnxruntime as ort_rt
+from ..runtimes.registry import session_of
 from .common import StageContext, setup
 
 
@@ -53,6 +55,22 @@ def run(ctx: StageContext) -> dict:
 
     for label, m in models.items():
         m["structured"] = structured and label.startswith("sparse")
+    accuracy_dev = dev.select(range(min(recipe.bench.accuracy_examples, len(dev))))
+    accuracies: dict = {}
+
+    def accuracy(label, runtime):
+        """The task metric of graph `label` on `runtime` (the same dev examples for every row)."""
+        session = session_of(runtime)
+        if session is None or not models[label].get("onnx"):
+            return None
+        if (label, runtime) not in accuracies:
+            m, _ = task.evaluate(
+                OnnxAsModel(models[label]["onnx"], threads, task.output_names, session), tokenizer, accuracy_dev,
+                recipe.data, description=f"accuracy {label} on {runtime}",
+            )
+            accuracies[(label, runtime)] = float(m[task.metric])
+        return accuracies[(label, runtime)]
+
     rows, skipped = bench_models(
         models,
         inputs_for,
@@ -64,6 +82,7 @@ def run(ctx: StageContext) -> dict:
             if models[label].get("precision") == "int8"
             else reference_outputs(models[label]["hf"], task.auto_class, x)
         ),
+        accuracy,
     )
     write_json_atomic(out / "bench.json", rows)
     (out / "bench.md").write_text(markdown(rows))
