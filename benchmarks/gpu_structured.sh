@@ -24,6 +24,6 @@ PY
 nvidia-smi -L
 C=(--teacher "$ROOT/teacher" --model "$ROOT/teacher" --runtime torch-cuda --set "prune.latency_table=$B/table.json")
 python3 benchmarks/structured_study.py --root "$ROOT" --json "$RES/study-squad.json" --parallel 10 \
-  --rows ziplm-2x,gmp-2x,ziplm-2x-hidden,ziplm-2x-uniform,ziplm-1.5x,ziplm-3x,gmp-1.5x,gmp-3x,ziplm-2x-s1,gmp-2x-s1 \
+  --rows "${ROWS:-ziplm-2x,gmp-2x,ziplm-2x-hidden,ziplm-2x-uniform,ziplm-1.5x,ziplm-3x,gmp-1.5x,gmp-3x,ziplm-2x-s1,gmp-2x-s1}" \
   -- "${C[@]}" --data-dir "$ROOT/squad" --threads 1
 for f in "$ROOT"/squad-*.log; do echo "== $f"; tail -n 25 "$f"; done > "$RES/logs.txt"

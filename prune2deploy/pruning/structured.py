@@ -126,7 +126,7 @@ class StructuredPruner:
         st = self.structure
         if self.criterion == "obs":
             names = [n for layer in st.layers for n in (layer.names["o"], layer.names["f"])]
-            H = self.hessians(names)
+            H = {n: h.to(modules[n].weight.device) for n, h in self.hessians(names).items()}
             inv = {n: _inverse(H[n], self.damp) for n in names}
             kept = st.kept(modules)
             attn, ffn = [], []
