@@ -30,6 +30,7 @@ ROWS = {
     "gmp-2x": ["--speedup", "2", "-m", "gmp"],
     "ziplm-2x-hidden": ["--speedup", "2", "-m", "ziplm", "--set", "prune.kd_hidden=1.0"],
     "ziplm-2x-uniform": ["--speedup", "2", "-m", "ziplm", "--set", "prune.widths=uniform"],
+    "gmp-2x-hidden": ["--speedup", "2", "-m", "gmp", "--set", "prune.kd_hidden=1.0"],
     "ziplm-1.5x": ["--speedup", "1.5", "-m", "ziplm"],
     "ziplm-3x": ["--speedup", "3", "-m", "ziplm"],
     "gmp-1.5x": ["--speedup", "1.5", "-m", "gmp"],
