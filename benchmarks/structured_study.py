@@ -5,10 +5,10 @@ layouts, targets and seeds; one run dir per row and one JSON of their results.
         [--parallel 2] [-- EXTRA p2d run ARGS]
 
 Rows (all from one teacher; the default profile unless EXTRA says otherwise):
-  ziplm-2x          second-order (OBS with the layer-input Hessian), per-layer widths: the default
-  gmp-2x            magnitude (norm of each head's / neuron's output-projection columns)
+  ziplm-2x          second-order (OBS with the layer-input Hessian), per-layer widths
+  gmp-2x            magnitude (norm of each head's / neuron's output-projection columns), per-layer
   ziplm-2x-hidden   + token-level hidden-state distillation (prune.kd_hidden 1.0)
-  ziplm-2x-uniform  the same widths in every layer
+  ziplm-2x-uniform  the same widths in every layer: today's default (`p2d run squad --speedup 2`)
   ziplm-1.5x, ziplm-3x, gmp-1.5x, gmp-3x   other targets
   *-s1              seed 1 (its own data sample, the same teacher)
 EXTRA goes to every run (e.g. --teacher DIR --model DIR --data-dir DIR --set prune.latency_table=FILE).
@@ -26,17 +26,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROWS = {
-    "ziplm-2x": ["--speedup", "2", "-m", "ziplm"],
-    "gmp-2x": ["--speedup", "2", "-m", "gmp"],
-    "ziplm-2x-hidden": ["--speedup", "2", "-m", "ziplm", "--set", "prune.kd_hidden=1.0"],
+    "ziplm-2x": ["--speedup", "2", "-m", "ziplm", "--set", "prune.widths=per_layer"],
+    "gmp-2x": ["--speedup", "2", "-m", "gmp", "--set", "prune.widths=per_layer"],
+    "ziplm-2x-hidden": ["--speedup", "2", "-m", "ziplm", "--set", "prune.widths=per_layer",
+                        "--set", "prune.kd_hidden=1.0"],
     "ziplm-2x-uniform": ["--speedup", "2", "-m", "ziplm", "--set", "prune.widths=uniform"],
-    "gmp-2x-hidden": ["--speedup", "2", "-m", "gmp", "--set", "prune.kd_hidden=1.0"],
-    "ziplm-1.5x": ["--speedup", "1.5", "-m", "ziplm"],
-    "ziplm-3x": ["--speedup", "3", "-m", "ziplm"],
-    "gmp-1.5x": ["--speedup", "1.5", "-m", "gmp"],
-    "gmp-3x": ["--speedup", "3", "-m", "gmp"],
-    "ziplm-2x-s1": ["--speedup", "2", "-m", "ziplm", "--seed", "1"],
-    "gmp-2x-s1": ["--speedup", "2", "-m", "gmp", "--seed", "1"],
+    "ziplm-1.5x-uniform": ["--speedup", "1.5", "-m", "ziplm", "--set", "prune.widths=uniform"],
+    "ziplm-3x-uniform": ["--speedup", "3", "-m", "ziplm", "--set", "prune.widths=uniform"],
+    "ziplm-2x-uniform-s1": ["--speedup", "2", "-m", "ziplm", "--set", "prune.widths=uniform", "--seed", "1"],
+    "gmp-2x-hidden": ["--speedup", "2", "-m", "gmp", "--set", "prune.widths=per_layer",
+                      "--set", "prune.kd_hidden=1.0"],
+    "ziplm-1.5x": ["--speedup", "1.5", "-m", "ziplm", "--set", "prune.widths=per_layer"],
+    "ziplm-3x": ["--speedup", "3", "-m", "ziplm", "--set", "prune.widths=per_layer"],
+    "gmp-1.5x": ["--speedup", "1.5", "-m", "gmp", "--set", "prune.widths=per_layer"],
+    "gmp-3x": ["--speedup", "3", "-m", "gmp", "--set", "prune.widths=per_layer"],
+    "ziplm-2x-s1": ["--speedup", "2", "-m", "ziplm", "--set", "prune.widths=per_layer", "--seed", "1"],
+    "gmp-2x-s1": ["--speedup", "2", "-m", "gmp", "--set", "prune.widths=per_layer", "--seed", "1"],
 }
 
 
