@@ -81,3 +81,29 @@ def test_ruff_lint_is_clean():
         [ruff, "check", "--no-cache", "prune2deploy", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+MACHINES = ("Zen 3", "Zen 4", "Xeon", "H100", "H200")
+
+
+def test_readme_is_short_and_every_figure_names_its_machine():
+    """README.md stays a front page (the depth is in docs/), and every table of figures in it sits
+    under a heading or text naming the CPU or GPU it was measured on."""
+    text = (ROOT / "README.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; move the depth to docs/"
+    tables, start = [], None
+    for i, ln in enumerate(lines + [""]):
+        if ln.startswith("|") and start is None:
+            start = i
+        elif not ln.startswith("|") and start is not None:
+            tables.append((start, i))
+            start = None
+    figures = [(a, b) for a, b in tables if any(re.search(r"\b\d+\.\d+\b", ln) for ln in lines[a + 2 : b])]
+    assert figures, "the README shows no measured figures"
+    for a, _ in figures:
+        heading = max(i for i in range(a) if lines[i].startswith("#"))
+        context = "\n".join(lines[heading:a])
+        assert any(m in context for m in MACHINES), f"table at README line {a + 1} names no CPU/GPU: {lines[heading]}"
+    for link in re.findall(r"\]\((docs/[^)#]+)\)", text):
+        assert (ROOT / link).is_file(), f"README links to {link}, which does not exist"
