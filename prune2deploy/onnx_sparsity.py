@@ -28,6 +28,36 @@ def load_initializers(path: str | Path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
+def matmul_weights(path: str | Path) -> dict[str, tuple[str, bool]]:
+    """Module path (as in torch, `bert.encoder.layer.0.attention.self.query`) -> the initializer its
+    MatMul multiplies by, read from the exporter's node names (`/bert/encoder/layer.0/.../MatMul`).
+    This follows each weight through the graph, so identical initializers the exporter merged
+    (fully pruned matrices are all zeros: one shared tensor) still map to every weight using them."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    # the exporter shares one initializer among identical weights through Identity nodes
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.input}
+
+    def source(name: str) -> str:
+        seen = set()
+        while name in alias and name not in inits and name not in seen:
+            seen.add(name)
+            name = alias[name]
+        return name
+
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.name.endswith(f"/{node.op_type}"):
+            if len(node.input) < 2 or source(node.input[1]) not in inits:
+                continue
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            scope = node.name.removesuffix(f"/{node.op_type}").lstrip("/")
+            out[scope.replace("/", ".")] = (source(node.input[1]), not trans_b)  # MatMul: x @ Wᵀ stored (in, out)
+    return out
+
+
 def _digest(a: np.ndarray) -> tuple:
     a = np.ascontiguousarray(a, dtype=np.float32)
     return a.shape, hashlib.sha1(a.tobytes()).hexdigest()
@@ -52,6 +82,7 @@ def verify(onnx_path: str | Path, weights: dict[str, np.ndarray], masks: dict[st
     every masked position is zero. Returns a report; `ok` is False on any mismatch.
     """
     inits = load_initializers(onnx_path)
+    by_module = matmul_weights(onnx_path)
     by_digest: dict[tuple, str] = {}
     for name, arr in inits.items():
         if arr.dtype.kind == "f" and arr.ndim == 2:
@@ -62,7 +93,13 @@ def verify(onnx_path: str | Path, weights: dict[str, np.ndarray], masks: dict[st
         mask = masks[tname].astype(bool)
         mask_zeros = int((~mask).sum())
         found, view = None, None
-        for cand in (w, w.T):
+        node_weight = by_module.get(tname.removesuffix(".weight"))
+        if node_weight is not None:  # through the graph (shared initializers allowed)
+            name, transposed = node_weight
+            stored = inits[name].T if transposed else inits[name]
+            if stored.shape == w.shape:
+                found, view = name, stored
+        for cand in (w, w.T) if found is None else ():
             key = _digest(cand)
             if key in by_digest and by_digest[key] not in used:
                 found, view = by_digest[key], inits[by_digest[key]]

@@ -106,3 +106,29 @@ def test_verify_through_qkv_concatenation(exported, tmp_path):
     rep = verify(p, sub_w, {k: masks[k] for k in names})
     assert rep["ok"]
     assert rep["encoder_sparsity"] == pytest.approx(1 - np.mean([masks[k].mean() for k in names]), abs=1e-6)
+
+
+def test_fully_pruned_matrices_are_followed_through_the_graph(tmp_path, tiny_qa):
+    """Whole matrices at zero (what structured pruning and sparsity 0.999999 make) are identical
+    initializers the exporter may merge: each weight is found through its MatMul node, not by
+    content, and the check passes with every zero counted."""
+    import torch
+
+    from prune2deploy.onnx_export import export_onnx, verify_against_masks
+    from prune2deploy.pruning import masks as M
+    from prune2deploy.tasks.registry import get_task
+
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    masks = {k: torch.ones_like(v) for k, v in M.get_masks(mods).items()}
+    for name in list(masks)[:-1]:  # every matrix but one pruned whole: all-zero, most of them the same shape
+        masks[name] = torch.zeros_like(masks[name])
+    M.set_masks(mods, masks)
+    d = tmp_path / "m"
+    tiny_qa.save_pretrained(d)
+    export_onnx(d, get_task("squad"), 14, tmp_path / "model.onnx")
+    report = verify_against_masks(tiny_qa, M.get_masks(mods), tmp_path / "model.onnx")
+    assert report["ok"]
+    zeros = sum(int((~m).sum()) for m in masks.values())
+    assert report["encoder_sparsity"] == zeros / sum(m.numel() for m in masks.values())
+    assert all(t["onnx_zeros"] == t["mask_zeros"] for t in report["tensors"])

@@ -268,3 +268,15 @@ def test_latency_table_measures_every_width(tiny_model_dir):
             "ffn": [cfg.intermediate_size] * cfg.num_hidden_layers}
     if t.full_ms[0] > t.floor_ms[0]:  # (timing noise on a model this small can invert them)
         assert t.ms(full)[0] == pytest.approx(t.full_ms[0], rel=1e-2)  # the per-layer times sum to the whole
+
+
+def test_speedup_with_static_int8_quantizes_the_compact_model(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    res = p2d_smoke("rotten_tomatoes", tiny_model_dir, out, "--speedup", "1.3", "--quantize", "int8-static")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    q = rep["quantize"]
+    assert q["quantize"] == "int8-static" and q["tensors"] > 0  # every compact encoder weight quantized
+    assert {r["model"] for r in rep["bench"]} >= {"sparse", "sparse-int8", "dense-int8"}
+    assert all(r.get("structured") for r in rep["bench"] if r["model"].startswith("sparse"))
+    assert rep["verdict"]["line"].startswith("ship: ")

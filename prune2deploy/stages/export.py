@@ -113,6 +113,7 @@ def _structured(ctx: StageContext, task, dev, tokenizer, compact, dense_dir, pr:
         "pattern": M.STRUCTURED,
         "widths": report["widths"],
         "tensors_verified": len(report["tensors"]),
+        "per_tensor": {t["torch_name"]: {"onnx_name": t["onnx_name"], "shape": t["shape"]} for t in report["tensors"]},
         "bytes": size,
         "parameters": n_params,
         "max_abs_diff": diffs["sparse"],
