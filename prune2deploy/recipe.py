@@ -388,7 +388,7 @@ def validate(r: Recipe) -> None:
     elif structured:
         raise UserError("pattern 'structured' needs a target: pass --speedup X (e.g. --speedup 2)")
     if structured and r.export.qat_epochs > 0:
-        raise UserError("export.qat_epochs: QAT fine-tunes the masked model; with --speedup use int8-static without QAT")
+        raise UserError("export.qat_epochs: QAT fine-tunes a masked model; with --speedup use int8-static, no QAT")
     if r.prune.widths not in ("per_layer", "uniform"):
         raise UserError(f"prune.widths must be per_layer or uniform, got '{r.prune.widths}'")
     if r.prune.kd_hidden < 0:
