@@ -47,6 +47,9 @@ def _point(r: dict) -> dict:
         "dense": (r["metrics"]["dense"] or {}).get(m),
         "sparse": (r["metrics"]["sparse"] or {}).get(m),
         "run_dir": r["run_dir"],
+        "structured": bool(r.get("target_speedup")),
+        "speedup": r.get("target_speedup"),
+        "verdict": (r.get("verdict") or {}).get("line"),
     }
 
 
@@ -74,6 +77,7 @@ def latency_rows(runs: list[dict]) -> list[dict]:
                     "task": p["task"],
                     "method": p["method"],
                     "sparsity": 0.0 if dense else (p["sparsity"] or p["target"]),
+                    "structured": p["structured"] and not dense,
                     "metric_value": value,
                     "metric": p["metric"],
                 }
@@ -105,7 +109,7 @@ def chart_metric(pts: list[dict], path: Path) -> None:
     tasks = sorted({p["task"] for p in pts})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        tp = [p for p in pts if p["task"] == task and p["sparse"] is not None]
+        tp = [p for p in pts if p["task"] == task and p["sparse"] is not None and not p["structured"]]
         for method in sorted({p["method"] for p in tp}):
             mp = sorted((p for p in tp if p["method"] == method), key=lambda p: p["target"])
             ax.plot([p["sparsity"] or p["target"] for p in mp], [p["sparse"] for p in mp], "o-", label=method)
@@ -133,7 +137,7 @@ def chart_latency(rows: list[dict], path: Path) -> tuple[int, int] | None:
     shape = _pick_shape(rows)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     if shape:
-        sel = [r for r in rows if (r["batch_size"], r["seq_len"]) == shape]
+        sel = [r for r in rows if (r["batch_size"], r["seq_len"]) == shape and not r.get("structured")]
         for rt in sorted({(r["runtime"], r.get("precision", "")) for r in sel}):
             pts = {}
             for r in sel:
@@ -158,10 +162,16 @@ def chart_pareto(rows: list[dict], path: Path) -> list[tuple[float, float]]:
     shape = _pick_shape(rows)
     sel = [r for r in rows if shape and (r["batch_size"], r["seq_len"]) == shape and r["metric_value"] is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    pruned = [r for r in sel if not r["model"].startswith("dense")]
     for label, rs, marker in (
         ("dense", [r for r in sel if r["model"].startswith("dense")], "s"),
-        ("sparse", [r for r in sel if not r["model"].startswith("dense")], "o"),
+        ("structured (--speedup): smaller dense model", [r for r in pruned if r.get("structured")], "^"),
+        ("unstructured (--sparsity)", [r for r in pruned if not r.get("structured") and r["runtime"] != "deepsparse"],
+         "o"),
+        ("unstructured on DeepSparse (evaluation licence)", [r for r in pruned if r["runtime"] == "deepsparse"], "x"),
     ):
+        if not rs:
+            continue
         ax.scatter([r["p50_ms"] for r in rs], [r["metric_value"] for r in rs], marker=marker, label=label, alpha=0.7)
     front = pareto([(r["p50_ms"], r["metric_value"]) for r in sel])
     if front:
@@ -179,7 +189,7 @@ def chart_pareto(rows: list[dict], path: Path) -> list[tuple[float, float]]:
     ax.set_ylabel(sel[0]["metric"] if sel else "metric")
     ax.set_title("accuracy vs latency (every runtime, every run)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -243,18 +253,19 @@ def write_report(run_dirs: list[Path], out: Path) -> dict:
             f'<h2>{html.escape(title)}</h2>\n<img class="chart" id="{name}" alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'  # noqa: E501 - one message/literal
         )
     runs_table = _table(
-        ["task", "method", "target", "encoder sparsity", "metric", "dense", "sparse", "retained", "run dir"],
+        ["task", "method", "target", "encoder sparsity", "metric", "dense", "pruned", "retained", "run dir", "verdict"],
         [
             [
                 p["task"],
                 p["method"],
-                p["target"],
+                f"{p['speedup']:g}x structured" if p["structured"] else p["target"],
                 p["sparsity"],
                 p["metric"],
                 p["dense"],
                 p["sparse"],
                 (p["sparse"] / p["dense"]) if p["dense"] and p["sparse"] is not None else None,
                 p["run_dir"],
+                p["verdict"],
             ]
             for p in pts
         ],
