@@ -104,8 +104,8 @@ def verdict(report: dict, gate: float) -> dict | None:
     speed = " / ".join(f"{r['speedup_vs_best_dense']:.2f}x" for r in mine)
     at = " / ".join(f"b{r['batch_size']}" for r in mine)
     what = _artifact(model, mine[0].get("precision"))
-    line = (f"ship: {what} on {runtime}: {speed} the best dense ({mine[0]['best_dense']}) at {at}; "
-            f"{metric} {acc:.2f} = {acc / dense_acc:.1%} of dense (gate {gate:.0%}); licence: {licence}")
+    line = (f"ship: {what} on {runtime}, {speed} vs the best dense ({mine[0]['best_dense']}) at {at}; "
+            f"{metric} {acc:.2f} ({acc / dense_acc:.1%} of dense, gate {gate:.0%}); licence {licence}")
     return {"line": line, "runtime": runtime, "model": model, "precision": mine[0].get("precision"),
             "speedup_vs_best_dense": {f"b{r['batch_size']}s{r['seq_len']}": r["speedup_vs_best_dense"] for r in mine},
             "accuracy": acc, "retained": round(acc / dense_acc, 4), "gate": gate, "licence": licence}
@@ -229,4 +229,4 @@ def print_summary(report: dict) -> None:
     console = Console(width=min(100, Console().width))
     console.print(summary_table(report))
     for line in summary_notes(report):
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
+        console.print(line, highlight=False, markup=False)
