@@ -130,7 +130,11 @@ def run(
         0, "--processes", help="With --launcher accelerate: processes (0: one per GPU, or 2 without one)."
     ),
 ) -> None:
-    """Run the whole pipeline: teacher → prune → validate → export → bench."""
+    """Run the whole pipeline: (latency →) teacher → prune → validate → export → (quantize →) bench.
+
+    --speedup X: structured (heads and FFN neurons removed, a smaller dense model every runtime runs
+    faster, sized by measured latency). --sparsity S: unstructured zeros (the research's headline).
+    """
     if launcher != "none":
         code = {"rc": 0}
 
