@@ -280,3 +280,15 @@ def test_speedup_with_static_int8_quantizes_the_compact_model(tmp_path, tiny_mod
     assert {r["model"] for r in rep["bench"]} >= {"sparse", "sparse-int8", "dense-int8"}
     assert all(r.get("structured") for r in rep["bench"] if r["model"].startswith("sparse"))
     assert rep["verdict"]["line"].startswith("ship: ")
+
+
+def test_table_targets_the_worst_shape_and_follows_its_anchors():
+    t = Table(
+        runtime="openvino-bf16", shapes=[[1, 16], [16, 16]], layers=1, heads=2, ffn=8,
+        full_ms=[3.0, 30.0], floor_ms=[1.0, 2.0], attn_ms=[[0, 0.5, 1.0], [0, 7.0, 14.0]], ffn_widths=[0, 8],
+        ffn_ms=[[0, 1.0], [0, 14.0]], scale=[1.0, 1.0],
+        anchors=[[[1.0, 1.5], [2.0, 1.0]], [[14.0, 1.0], [28.0, 1.0]]],
+    )
+    half = {"heads": [1], "ffn": [4]}
+    assert t.ms(half) == [1.0 + 1.5 * 1.0, 2.0 + 14.0]  # at half size batch 1 costs 1.5x its one-layer sum
+    assert t.relative(half) == pytest.approx(max(2.5 / 3.0, 16.0 / 30.0))  # the worst shape decides
