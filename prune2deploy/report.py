@@ -149,7 +149,8 @@ def summary_table(report: dict) -> Table:
     acc = f"{metric} dense {d:.2f}, pruned {s:.2f} ({s / d:.1%})" if d and s is not None else ""
     t = Table(title=f"{report['task']} · {report['method']} · {target} · {report['profile']}", caption=acc,
               box=None, pad_edge=False, header_style="bold")
-    for name, just in (("runtime", "left"), ("graph", "left"), ("batch", "right"), ("dense ms", "right"),
+    t.add_column("runtime", no_wrap=True)
+    for name, just in (("graph", "left"), ("batch", "right"), ("dense ms", "right"),
                        ("pruned ms", "right"), ("vs own dense", "right"), ("vs best dense", "right"),
                        (metric, "right")):
         t.add_column(name, justify=just)
@@ -183,7 +184,7 @@ def summary_notes(report: dict) -> list[str]:
     if best:
         notes.append(f"best dense option timed here: {best}")
     for r in rows:
-        if "error" in r and r["model"].startswith("dense"):
+        if "error" in r and r["model"].startswith("dense") and "not engaged" not in r["error"]:
             notes.append(f"not timed: {r['runtime']} {r['model']} b{r['batch_size']}: {r['error'][:150]}")
     if any(licence_of(r.get("runtime", "")) == EVALUATION_ONLY for r in rows):
         notes.append(f"deepsparse rows: licence {EVALUATION_ONLY}")
