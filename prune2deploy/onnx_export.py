@@ -81,7 +81,8 @@ def verify_structure(model, onnx_path: Path, widths: dict[str, list[int]]) -> di
     if got != widths:
         raise VerificationError(f"export: compact model widths {got} are not the kept structures {widths}")
     stored = {}
-    for name, arr in load_initializers(onnx_path).items():
+    inits = load_initializers(onnx_path)
+    for name, arr in inits.items():
         if arr.dtype.kind == "f" and arr.ndim == 2:
             stored.setdefault(_digest(arr), name)
     tensors = []
@@ -94,5 +95,6 @@ def verify_structure(model, onnx_path: Path, widths: dict[str, list[int]]) -> di
             raise VerificationError(
                 f"export: encoder weight {name} {tuple(w.shape)} has no ONNX initializer of that shape and content"
             )
-        tensors.append({"torch_name": name, "onnx_name": found, "shape": list(w.shape)})
+        tensors.append({"torch_name": name, "onnx_name": found, "shape": list(w.shape), "numel": int(w.size),
+                        "onnx_zeros": int((inits[found] == 0).sum())})
     return {"widths": got, "tensors": tensors}

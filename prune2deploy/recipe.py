@@ -114,7 +114,7 @@ class BenchConfig:
     # `accuracy_examples` dev examples: refused when more than `accuracy_tolerance` (metric
     # points) below the same graph on ONNX Runtime (runtimes requantize differently: logits differ)
     accuracy_examples: int = 200
-    accuracy_tolerance: float = 1.0
+    accuracy_tolerance: float = 5.0  # "off" is broken, not a runtime's own rounding: the gate judges the rest
     accuracy_gate: float = 0.95  # the verdict ships the fastest artifact keeping this fraction of dense accuracy
 
 

@@ -248,6 +248,11 @@ def test_speedup_smoke_pipeline_ships_a_smaller_verified_model(tmp_path, tiny_mo
     assert widths_of(compact_model) == st["widths"]
     assert rep["bench"] and all("p50_ms" in r for r in rep["bench"])
     assert not any(r.get("sparse_kernel") is False for r in rep["bench"])  # fewer FLOPs, not zeros
+    art = tmp_path / "art"
+    res = p2d("package", out, "--out", art)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = p2d("verify", art)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
 
 def test_latency_table_measures_every_width(tiny_model_dir):

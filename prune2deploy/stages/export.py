@@ -113,7 +113,14 @@ def _structured(ctx: StageContext, task, dev, tokenizer, compact, dense_dir, pr:
         "pattern": M.STRUCTURED,
         "widths": report["widths"],
         "tensors_verified": len(report["tensors"]),
-        "per_tensor": {t["torch_name"]: {"onnx_name": t["onnx_name"], "shape": t["shape"]} for t in report["tensors"]},
+        # what `p2d package` / `p2d verify` record and re-count (a compact model has few zeros left)
+        "per_tensor": {
+            f"{_ENCODER}{t['torch_name']}.weight": {k: t[k] for k in ("onnx_name", "shape", "numel", "onnx_zeros")}
+            | {"mask_zeros": 0}
+            for t in report["tensors"]
+        },
+        "encoder_sparsity": sum(t["onnx_zeros"] for t in report["tensors"])
+        / max(1, sum(t["numel"] for t in report["tensors"])),
         "bytes": size,
         "parameters": n_params,
         "max_abs_diff": diffs["sparse"],
@@ -122,6 +129,9 @@ def _structured(ctx: StageContext, task, dev, tokenizer, compact, dense_dir, pr:
         "atol": recipe.export.atol,
         "parity_inputs": {"examples": len(samples), "seq_len": seq},
     }
+
+
+_ENCODER = "encoder."  # the compact model's weights, named from its encoder module
 
 
 def _numel(t) -> int:
