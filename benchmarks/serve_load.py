@@ -61,7 +61,8 @@ def main() -> int:
     ]
     out = {
         "run_dir": str(args.run_dir), "task": report["task"], "method": report["method"],
-        "sparsity": report["target_sparsity"], "cpu": cpu_info(), "cpu_label": cpu_label(),
+        "sparsity": report["target_sparsity"], "speedup": report.get("target_speedup"),
+        "cpu": cpu_info(), "cpu_label": cpu_label(),
         "server": "MLServer 1.7.1 (KServe V2 REST, JSON tensors), prune2deploy.ship.mlserver_runtime",
         "client": "tritonclient.http, one connection per client thread",
         "requests_per_level": args.requests, "time_limit_s": args.time_limit, "threads": args.threads,
@@ -75,8 +76,9 @@ def main() -> int:
 
 
 def markdown(out: dict) -> str:
+    target = f"{out['speedup']:g}x structured" if out.get("speedup") else f"{out['sparsity']:.0%}"
     lines = [
-        f"Served on {out['cpu_label']}: {out['task']} {out['method']} {out['sparsity']:.0%}, batch 1, seq 128, "
+        f"Served on {out['cpu_label']}: {out['task']} {out['method']} {target}, batch 1, seq 128, "
         f"{out['requests_per_level']} requests per level ({out['server']}; {out['client']}).",
         "",
         "| graph | runtime | concurrency | answered / sent | errors | p50 ms | p99 ms | req/s |",

@@ -24,7 +24,8 @@ import yaml
 from ..errors import UserError
 
 GATE_KEYS = {"match", "metric_min", "metric_max_drop", "sparsity_min", "latency_ratio_max", "speedup_min"}
-MATCH_KEYS = {"task", "model", "method", "target_sparsity", "profile"}
+MATCH_KEYS = {"task", "model", "method", "target_sparsity", "target_speedup", "profile"}
+IDENT = ("task", "model", "method", "target_sparsity", "target_speedup", "profile")  # what a run is matched by
 
 
 @dataclass
@@ -75,7 +76,7 @@ def select(gates: list[dict], report: dict) -> dict:
     for g in gates:
         if all(report.get(k) == v for k, v in (g.get("match") or {}).items()):
             return g
-    ident = {k: report.get(k) for k in ("task", "model", "method", "target_sparsity", "profile")}
+    ident = {k: report.get(k) for k in IDENT if report.get(k) is not None}
     raise UserError(f"no gate in the baseline matches this run ({ident})")
 
 
@@ -183,7 +184,7 @@ def current_as_baseline(report: dict, margin: float) -> dict:
     metric = report.get("metric")
     sparse = report["metrics"]["sparse"].get(metric)
     dense = report["metrics"]["dense"].get(metric)
-    gate = {"match": {k: report.get(k) for k in ("task", "model", "method", "target_sparsity", "profile")}}
+    gate = {"match": {k: report.get(k) for k in IDENT if report.get(k) is not None}}
     if sparse is not None:
         gate["metric_min"] = round(sparse * (1 - margin), 4)
         if dense:

@@ -109,8 +109,14 @@ def model_card(report: dict, name: str) -> str:
     lines = [
         f"# {name}",
         "",
-        f"A {report['target_sparsity']:.0%}-sparse ({report['method']}) encoder of `{report['model']}` fine-tuned for **{report['task']}**, made by prune2deploy {__version__} ({report['profile']} profile).",  # noqa: E501 - one message/literal
-        "Embeddings and the task head are dense; the encoder's Linear weights are pruned.",
+        (
+            f"A structurally pruned ({report['method']}, {report['target_speedup']:g}x target) encoder of `{report['model']}` fine-tuned for **{report['task']}**, made by prune2deploy {__version__} ({report['profile']} profile)."  # noqa: E501 - one message/literal
+            if report.get("target_speedup")
+            else f"A {report['target_sparsity']:.0%}-sparse ({report['method']}) encoder of `{report['model']}` fine-tuned for **{report['task']}**, made by prune2deploy {__version__} ({report['profile']} profile)."  # noqa: E501 - one message/literal
+        ),
+        "Embeddings and the task head are dense; "
+        + ("whole attention heads and FFN neurons are removed (a smaller dense model)."
+           if report.get("target_speedup") else "the encoder's Linear weights are pruned."),
         "",
         "## Data",
         "",
@@ -208,7 +214,10 @@ def package(
     name = name or (
         f"{recipe.task}-dense"
         if dense
-        else f"{recipe.task}-{recipe.prune.method}-{int(round(recipe.prune.target_sparsity * 100))}"
+        else f"{recipe.task}-{recipe.prune.method}-" + (
+            f"{recipe.prune.target_speedup:g}x" if recipe.prune.target_speedup
+            else f"{int(round(recipe.prune.target_sparsity * 100))}"
+        )
         + ("-int8" if int8 else "")
     )
     out = Path(out)
@@ -255,6 +264,7 @@ def package(
             "metric": report.get("metric"),
             "metrics": report["metrics"],
             "target_sparsity": recipe.prune.target_sparsity,
+            "target_speedup": recipe.prune.target_speedup,
             "encoder_sparsity": encoder_sparsity,
             "precision": "int8" if int8 else "fp32",
             "int8_layout": layout if int8 else None,
