@@ -147,6 +147,13 @@ def summary_table(report: dict) -> Table:
     d = report["metrics"]["dense"].get(metric)
     s = report["metrics"]["sparse"].get(metric)
     acc = f"{metric} dense {d:.2f}, pruned {s:.2f} ({s / d:.1%})" if d and s is not None else ""
+    st, enc = report.get("structured"), report["sparsity"].get("encoder")
+    onnx_s = report["onnx"].get("encoder_sparsity")
+    if st and st.get("widths"):
+        w = st["widths"]
+        acc += f"; kept heads {w['heads']}, FFN {w['ffn']}"
+    elif enc is not None:
+        acc += f"; encoder sparsity {enc:.4f}" + (f" (ONNX {onnx_s:.4f})" if onnx_s is not None else "")
     t = Table(title=f"{report['task']} · {report['method']} · {target} · {report['profile']}", caption=acc,
               box=None, pad_edge=False, header_style="bold")
     t.add_column("runtime", no_wrap=True)
