@@ -162,11 +162,18 @@ def run(ctx: StageContext) -> dict:
     tokenizer.save_pretrained(out / "model")
     M.save_masks(masks, out / "masks.safetensors")
     write_json_atomic(out / "train_log.json", train_log)
-    report = M.sparsity_report(masks)
     return {
         "method": p.method,
         "target_sparsity": p.target_sparsity,
         "scope": p.scope,
+        **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks),
+    }
+
+
+def _schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks) -> dict:
+    """The record fields every prune run has: its schedule, data, the masks' sparsity, its files."""
+    report = M.sparsity_report(masks)
+    return {
         "epoch_scale": round(scale, 4),
         "epochs": round(p.epochs * scale, 4),
         "total_steps": plan.total_steps,
@@ -211,7 +218,6 @@ def _finish_structured(ctx, student, tokenizer, modules, masks, resources, metho
     if widths_of(student) != widths:
         raise VerificationError(f"prune: compact widths {widths_of(student)} are not the kept ones {widths}")
     write_json_atomic(out / "train_log.json", {**train_log, "structured_steps": getattr(method, "history", [])})
-    report = M.sparsity_report(masks)
     full = {"heads": [layer.heads for layer in structure.layers], "ffn": [layer.ffn for layer in structure.layers]}
     return {
         "method": p.method,
@@ -225,19 +231,6 @@ def _finish_structured(ctx, student, tokenizer, modules, masks, resources, metho
         "widths": widths,
         "full_widths": full,
         "kept_heads": kept["heads"],
-        "epoch_scale": round(scale, 4),
-        "epochs": round(p.epochs * scale, 4),
-        "total_steps": plan.total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "prune_steps": [list(e) for e in plan.prune_steps],
-        "data": data_info,
-        "sparsity": {
-            "encoder": report["overall"],
-            "zeros": report["zeros"],
-            "total": report["total"],
-            "per_layer": layer_sparsity(masks),
-        },
-        "model_dir": "prune/model",
+        **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks),
         "masked_model_dir": "prune/masked",
-        "masks": "prune/masks.safetensors",
     }
