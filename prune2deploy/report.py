@@ -147,8 +147,8 @@ def summary_table(report: dict) -> Table:
     d = report["metrics"]["dense"].get(metric)
     s = report["metrics"]["sparse"].get(metric)
     acc = f"{metric} dense {d:.2f}, pruned {s:.2f} ({s / d:.1%})" if d and s is not None else ""
-    st, enc = report.get("structured"), report["sparsity"].get("encoder")
-    onnx_s = report["onnx"].get("encoder_sparsity")
+    st, enc = report.get("structured"), (report.get("sparsity") or {}).get("encoder")
+    onnx_s = (report.get("onnx") or {}).get("encoder_sparsity")
     if st and st.get("widths"):
         w = st["widths"]
         acc += f"; kept heads {w['heads']}, FFN {w['ffn']}"

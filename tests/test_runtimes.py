@@ -221,7 +221,7 @@ def test_openvino_bf16_is_timed_only_where_the_cpu_runs_bf16(sparse_onnx):
 def test_the_summary_names_a_cpu_runtime_the_bench_skipped_and_how_to_get_it():
     from rich.console import Console
 
-    from prune2deploy.report import summary_table
+    from prune2deploy.report import summary_notes, summary_table
 
     report = {
         "task": "squad", "method": "gmp", "target_sparsity": 0.8, "profile": "default", "metric": "f1",
@@ -230,10 +230,10 @@ def test_the_summary_names_a_cpu_runtime_the_bench_skipped_and_how_to_get_it():
     }
     console = Console(width=400, record=True)
     console.print(summary_table(report))
-    text = console.export_text()
+    text = console.export_text() + "\n".join(summary_notes(report))  # the lines under the table
     assert "deepsparse: not installed here (scripts/bootstrap makes .venv-deepsparse" in text
     assert "onnxruntime-cuda" not in text  # a GPU runtime missing on a CPU machine is no news
     report["bench_skipped"] = []
     console = Console(width=400, record=True)
     console.print(summary_table(report))
-    assert "not benched" not in console.export_text()
+    assert "not benched" not in console.export_text() + "\n".join(summary_notes(report))
