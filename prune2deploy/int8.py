@@ -90,19 +90,23 @@ def quantize_int8_static(
         quantize_static,
     )
 
+    graph = onnx.load(str(src), load_external_data=False).graph
+    # a graph's own inputs only: a compact model with no attention left has no attention_mask
+    inputs = {i.name for i in graph.input}
+
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.it = iter(batches)
 
         def get_next(self):
-            return next(self.it, None)
+            batch = next(self.it, None)
+            return None if batch is None else {k: v for k, v in batch.items() if k in inputs}
 
     percentile = parse_calibration(calibration)
     method, calib_options = CalibrationMethod.MinMax, {}
     if percentile is not None:
         method = CalibrationMethod.Percentile
         calib_options = {"CalibPercentile": percentile, "CalibTensorRangeSymmetric": False}
-    graph = onnx.load(str(src), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     # the weight MatMuls only (the Linears, pruned or not): attention's activation x activation
     # MatMuls stay fp32, as QAT (`qat.py`) models it
