@@ -73,14 +73,7 @@ def bench(
                 f"OpenVINO sparse weights not engaged: its FullyConnected layers run {ran} "
                 "(the decompression takes INT8 weights on a CPU with AMX); not timed"
             )
-    request = compiled.create_infer_request()
-    names = [p.get_any_name() for p in compiled.inputs]
-
-    def run(x: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = request.infer({n: x[n] for n in names})
-        return [np.asarray(result[o]) for o in compiled.outputs]
-
-    return time_calls(run, inputs, warmup, iters, min_time_s)
+    return time_calls(_runner(compiled), inputs, warmup, iters, min_time_s)
 
 
 def session(onnx_path, threads, precision: str = "f32"):
@@ -89,7 +82,11 @@ def session(onnx_path, threads, precision: str = "f32"):
 
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads)}
-    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+    return _runner(core.compile_model(core.read_model(str(onnx_path)), "CPU", config))
+
+
+def _runner(compiled):
+    """`run(inputs) -> outputs` on a compiled model (its own inputs taken from the dict)."""
     request = compiled.create_infer_request()
     names = [p.get_any_name() for p in compiled.inputs]
 

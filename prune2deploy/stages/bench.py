@@ -14,7 +14,7 @@ from ..models import load_tokenizer
 from ..int8 import OnnxAsModel
 from ..runtimes import onnxruntime as ort_rt
 from ..runtimes.registry import session_of
-from .common import StageContext, setup
+from .common import StageContext, inputs_cache, setup
 
 
 NEEDS = ("teacher", "prune", "export", "quantize")
@@ -46,12 +46,7 @@ def run(ctx: StageContext) -> dict:
         for label, field in (("sparse-int8-mmi", "mmi_path"), ("dense-int8-mmi", "dense_mmi_path")):
             if q.get(field):  # DeepSparse's INT8 layout (static only), timed on every runtime all the same
                 models[label] = {"onnx": ctx.path("quantize", field), "hf": None, "precision": "int8"}
-    cache: dict = {}
-
-    def inputs_for(b, s):
-        if (b, s) not in cache:
-            cache[(b, s)] = task.encode(tokenizer, samples, b, s)
-        return cache[(b, s)]
+    inputs_for = inputs_cache(task, tokenizer, samples)
 
     for label, m in models.items():
         m["structured"] = structured and label.startswith("sparse")

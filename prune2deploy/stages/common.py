@@ -65,3 +65,16 @@ def prune_masks(ctx: StageContext) -> dict:
 def checkpoint_path(run_dir: Path, stage: str) -> Path:
     """Where a long stage keeps its resumable state (outside the stage's temp dir)."""
     return run_dir / ".checkpoints" / f"{stage}.pt"
+
+
+def inputs_cache(task, tokenizer, samples):
+    """`inputs_for(batch, seq)`: the real task samples encoded at that shape, once per shape
+    (the same inputs for every model and runtime)."""
+    cache: dict = {}
+
+    def inputs_for(b, s):
+        if (b, s) not in cache:
+            cache[(b, s)] = task.encode(tokenizer, samples, b, s)
+        return cache[(b, s)]
+
+    return inputs_for

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..files import write_json_atomic
 from ..latency_table import fastest_runtime, measure
 from ..models import load_config, load_tokenizer
-from .common import StageContext, setup
+from .common import StageContext, inputs_cache, setup
 
 NEEDS = ()
 READS = ("task", "model", "prune", "bench", "threads")
@@ -45,12 +45,7 @@ def run(ctx: StageContext) -> dict:
     samples = task.sample_inputs(dev, 64)
     threads = recipe.threads or torch.get_num_threads()
     shapes = [(b, s) for b in recipe.bench.batch_sizes for s in recipe.bench.seq_lens]
-    cache: dict = {}
-
-    def inputs_for(b, s):
-        if (b, s) not in cache:
-            cache[(b, s)] = task.encode(tokenizer, samples, b, s)
-        return cache[(b, s)]
+    inputs_for = inputs_cache(task, tokenizer, samples)
 
     candidates = None
     runtime = p.latency_runtime
