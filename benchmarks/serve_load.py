@@ -22,6 +22,7 @@ from prune2deploy.machine import cpu_info, cpu_label
 from prune2deploy.ship.package import package
 from prune2deploy.ship.serve import Server
 from prune2deploy.ship.serve_check import load_test, reference_check, samples
+from prune2deploy.ship.verify import reference_for
 
 
 def main() -> int:
@@ -32,6 +33,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200, help="per concurrency level")
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per level, at most")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-batch-rows", type=int, default=16, help="the server's batching (1: off)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -40,17 +42,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for graph in ("dense", "sparse"):
             art = package(args.run_dir, Path(tmp) / graph, dense=graph == "dense")
-            manifest, inputs, expected, outs = samples(art)
-            one = {k: v[:1] for k, v in inputs.items()}
             for runtime in args.runtimes.split(","):
+                manifest, inputs, expected, outs = samples(art, runtime)
+                one = {k: v[:1] for k, v in inputs.items()}
+                atol = reference_for(manifest, runtime)[1]
                 t0 = time.perf_counter()
-                with Server(art, runtime, args.threads) as server:
+                with Server(art, runtime, args.threads, max_batch_rows=args.max_batch_rows) as server:
                     start_s = time.perf_counter() - t0
-                    bad, _ = reference_check(server.url, server.name, art)
+                    bad, _ = reference_check(server.url, server.name, art, runtime)
                     if bad:
                         raise SystemExit(f"{graph} on {runtime}: {bad}")
                     for c in (int(x) for x in args.concurrency.split(",")):
-                        r = load_test(server.url, server.name, one, outs, c, args.requests, args.time_limit)
+                        r = load_test(server.url, server.name, one, outs, c, args.requests, args.time_limit,
+                                      expected=[e[:1] for e in expected], atol=atol)
                         r.update(graph=graph, runtime=runtime, server_start_s=round(start_s, 1))
                         rows.append(r)
                         print(json.dumps(r), flush=True)
@@ -66,6 +70,7 @@ def main() -> int:
         "server": "MLServer 1.7.1 (KServe V2 REST, JSON tensors), prune2deploy.ship.mlserver_runtime",
         "client": "tritonclient.http, one connection per client thread",
         "requests_per_level": args.requests, "time_limit_s": args.time_limit, "threads": args.threads,
+        "max_batch_rows": args.max_batch_rows,
         "rows": rows, "bench_in_process": bench, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -282,6 +282,10 @@ def package(
     layout: Optional[str] = typer.Option(
         None, "--layout", help="With --int8: matmulinteger (DeepSparse's; default where made) | qdq (ORT's QDQ)."
     ),
+    runtime: Optional[str] = typer.Option(
+        None, "--runtime", "-r",
+        help="The serving runtime it is for (default: the verdict's, else the fastest production runtime benched).",
+    ),
 ) -> None:
     """Package a run's sparse ONNX with tokenizer, manifest and model card."""
 
@@ -290,21 +294,30 @@ def package(
 
         if layout and not int8:
             raise UserError("--layout applies to --int8 only")
-        path = do_package(run_dir, out, fmt, name, int8=int8, dense=dense, layout=layout)
-        print(f"wrote {path}")
+        from .ship.verify import manifest_digest
+
+        path = do_package(run_dir, out, fmt, name, int8=int8, dense=dense, layout=layout, runtime=runtime)
+        digest = manifest_digest(path)
+        print(f"wrote {path} (manifest.json sha256 {digest}: pin it with --expect-manifest-sha256 {digest})")
 
     _guard(go)
 
 
+PIN_HELP = "Refuse unless manifest.json has this sha256 (it lists every file's; `p2d package` prints it)."
+
+
 @app.command()
-def verify(artifact: Path = typer.Argument(..., help="An artifact dir made by `p2d package`.")) -> None:
+def verify(
+    artifact: Path = typer.Argument(..., help="An artifact dir made by `p2d package`."),
+    pin: Optional[str] = typer.Option(None, "--expect-manifest-sha256", help=PIN_HELP),
+) -> None:
     """Re-check an artifact: hashes, ONNX checker, sparsity, reference outputs. Exit 1 on a mismatch."""
     bad = {"msg": None}
 
     def go():
         from .ship.verify import verify_artifact
 
-        bad["msg"], passed = verify_artifact(artifact)
+        bad["msg"], passed = verify_artifact(artifact, pin)
         for line in passed:
             print(f"ok   {line}")
 
@@ -314,14 +327,33 @@ def verify(artifact: Path = typer.Argument(..., help="An artifact dir made by `p
         raise typer.Exit(1)
 
 
+SERVE_RUNTIMES = "onnxruntime | openvino | openvino-bf16 | deepsparse (evaluation licence only)"
+
+
 @app.command()
 def serve(
     artifact: Path = typer.Argument(..., help="An artifact dir made by `p2d package`."),
-    runtime: str = typer.Option("onnxruntime", "--runtime", "-r", help="onnxruntime | openvino | deepsparse"),
+    runtime: Optional[str] = typer.Option(
+        None, "--runtime", "-r", help=f"{SERVE_RUNTIMES}; default: the production runtime it was packaged for."
+    ),
     port: int = typer.Option(8080, "--port", help="HTTP port (KServe V2 REST)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    host: str = typer.Option(
+        os.environ.get("P2D_SERVE_HOST", "127.0.0.1"), "--host",
+        help="Address to listen on (default $P2D_SERVE_HOST or 127.0.0.1; the Docker image sets 0.0.0.0).",
+    ),
     threads: int = typer.Option(2, "--threads", help="Threads of the runtime."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the artifact's)."),
+    metrics_port: int = typer.Option(8082, "--metrics-port", help="Prometheus /metrics port (0: off)."),
+    grpc_port: int = typer.Option(0, "--grpc-port", help="KServe V2 gRPC port (0, the default: off)."),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body accepted (413 above)."),
+    max_batch_rows: int = typer.Option(16, "--max-batch-rows", help="Rows merged into one inference (1: no batching)."),
+    max_batch_time_ms: float = typer.Option(
+        0.0, "--max-batch-time-ms", help="How long a request waits for others while the runtime is idle."
+    ),
+    log: Optional[Path] = typer.Option(
+        None, "--log", help="Server log (default under ~/.local/state/prune2deploy/serve; kept after exit)."
+    ),
+    pin: Optional[str] = typer.Option(None, "--expect-manifest-sha256", help=PIN_HELP),
 ) -> None:
     """Serve an artifact with MLServer over the KServe V2 / Open Inference Protocol (Triton's)."""
     code = {"rc": 0}
@@ -329,7 +361,13 @@ def serve(
     def go():
         from .ship.serve import serve_forever
 
-        code["rc"] = serve_forever(artifact, runtime, threads, host, port, name)
+        if max_body_mb <= 0 or max_batch_rows < 1 or max_batch_time_ms < 0:
+            raise UserError("--max-body-mb must be > 0, --max-batch-rows >= 1, --max-batch-time-ms >= 0")
+        code["rc"] = serve_forever(
+            artifact, runtime, threads, host, port, name, metrics_port=metrics_port, grpc_port=grpc_port,
+            max_body_bytes=int(max_body_mb * (1 << 20)), max_batch_rows=max_batch_rows,
+            max_batch_time_ms=max_batch_time_ms, log=log, pin=pin,
+        )
 
     _guard(go)
     if code["rc"]:
@@ -339,21 +377,27 @@ def serve(
 @app.command("serve-check")
 def serve_check(
     artifact: Path = typer.Argument(..., help="An artifact dir made by `p2d package`."),
-    runtime: str = typer.Option("onnxruntime", "--runtime", "-r", help="onnxruntime | openvino | deepsparse"),
+    runtime: Optional[str] = typer.Option(
+        None, "--runtime", "-r", help=f"{SERVE_RUNTIMES}; default: the production runtime it was packaged for."
+    ),
     threads: int = typer.Option(2, "--threads", help="Threads of the runtime."),
+    pin: Optional[str] = typer.Option(None, "--expect-manifest-sha256", help=PIN_HELP),
 ) -> None:
     """Start the server on loopback, send the manifest's samples with tritonclient, compare with
     the reference outputs, then malformed requests (each must be refused, the next served)."""
     bad = {"msg": None}
 
     def go():
-        from .ship.serve import Server
+        from .ship.serve import DEEPSPARSE_LICENCE, Server, check_artifact, default_runtime
         from .ship.serve_check import malformed_check, reference_check
 
-        with Server(artifact, runtime, threads) as server:
-            print(f"ok   {server.name} ready on {runtime} at http://{server.url}")
+        rt = runtime or default_runtime(check_artifact(artifact, pin))
+        if rt == "deepsparse":
+            print(f"note {DEEPSPARSE_LICENCE}")
+        with Server(artifact, rt, threads, pin=pin) as server:
+            print(f"ok   {server.name} ready on {rt} at http://{server.url}")
             for check in (reference_check, malformed_check):
-                bad["msg"], passed = check(server.url, server.name, artifact)
+                bad["msg"], passed = check(server.url, server.name, artifact, rt)
                 for line in passed:
                     print(f"ok   {line}")
                 if bad["msg"]:

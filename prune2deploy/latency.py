@@ -83,6 +83,7 @@ def bench_models(
             "batch_size": b,
             "seq_len": s,
             "threads": threads,
+            "licence": licence_of(rt.name),  # DeepSparse's says evaluation only wherever its rows go
         }
         if models[label].get("structured"):
             row["structured"] = True

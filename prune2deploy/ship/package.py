@@ -90,17 +90,72 @@ def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch:
 
 
 def reference_outputs(
-    onnx_path: Path, export_dir: Path, task, dev, n: int = 4, seq: int = 128
-) -> dict[str, np.ndarray]:
+    onnx_path: Path, export_dir: Path, task, dev, precision: str, n: int = 4, seq: int = 128, threads: int = 1
+) -> tuple[dict[str, np.ndarray], dict]:
+    """(the samples file's arrays, the manifest's `reference`): stored inputs, ONNX Runtime's
+    outputs (what `p2d verify` compares), and each serving runtime installed here's own outputs
+    on the same graph with the tolerance it is checked with when served; a runtime not
+    installed here is checked against ONNX Runtime's with the cross-runtime tolerance."""
     from ..models import load_tokenizer
     from ..runtimes import onnxruntime as ort_rt
+    from ..runtimes.registry import _all
+    from .serve import RUNTIMES
+    from .verify import precision_of, reference_atol
 
     tokenizer = load_tokenizer(str(export_dir))
     inputs = task.encode(tokenizer, task.sample_inputs(dev, n), n, seq)
-    outs = ort_rt.load(onnx_path, 1)(inputs)
+    names = task.output_names
+    ort_out = ort_rt.load(onnx_path, threads)(inputs)
     arrays = {f"input.{k}": v for k, v in inputs.items()}
-    arrays.update({f"output.{name}": o for name, o in zip(task.output_names, outs)})
-    return arrays
+    arrays.update({f"output.{name}": o for name, o in zip(names, ort_out)})
+    ref = {"file": "samples.npz", "atol": 1e-4, "runtimes": {}, "cross_runtime_atol": {}}
+    runtimes = _all()
+    for rt_name in RUNTIMES:
+        rt, p = runtimes.get(rt_name), precision_of(precision, rt_name)
+        ref["cross_runtime_atol"][rt_name] = reference_atol(p, ort_out, same_runtime=False)
+        if rt_name == "onnxruntime":
+            outs = ort_out
+        elif rt is None or not rt.available():
+            continue
+        elif rt.session is not None:
+            outs = rt.session(onnx_path, threads)(inputs)
+        else:  # DeepSparse: fixed shapes, one compile at the samples' shape
+            _, outs = rt.bench(onnx_path, inputs, threads, 0, 1, 0.0)
+        outs = [np.asarray(o, dtype=np.float32) for o in outs]
+        key = "output" if rt_name == "onnxruntime" else f"{rt_name}.output"
+        arrays.update({f"{key}.{name}": o for name, o in zip(names, outs)})
+        ref["runtimes"][rt_name] = {"key": key, "atol": reference_atol(p, outs, same_runtime=True)}
+    return arrays, ref
+
+
+def measured_runtime(report: dict, label: str, wanted: str | None) -> dict:
+    """The runtime the artifact is packaged for and its rows of the run's bench: the one named,
+    else the verdict's where it ships this graph on a production runtime, else the production
+    runtime that ran this graph fastest at the smallest bench shape."""
+    from ..runtimes.registry import EVALUATION_ONLY, licence_of
+    from .serve import PRODUCTION, RUNTIMES
+
+    rows = [r for r in report.get("bench") or [] if r.get("model") == label and "p50_ms" in r]
+    if wanted is not None and wanted not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{wanted}'")
+    name = wanted
+    verdict = report.get("verdict") or {}
+    if name is None and verdict.get("model") == label and verdict.get("runtime") in PRODUCTION:
+        name = verdict["runtime"]
+    if name is None:
+        small = min(((r["batch_size"], r["seq_len"]) for r in rows if r["runtime"] in PRODUCTION), default=None)
+        timed = [r for r in rows if r["runtime"] in PRODUCTION and (r["batch_size"], r["seq_len"]) == small]
+        name = min(timed, key=lambda r: r["p50_ms"])["runtime"] if timed else "onnxruntime"
+    licence = licence_of(name) or "unknown"
+    return {
+        "name": name,
+        "licence": "evaluation licence: " + licence if licence == EVALUATION_ONLY else licence,
+        "production": name in PRODUCTION,
+        "bench": [
+            {k: r.get(k) for k in ("batch_size", "seq_len", "precision", "p50_ms", "p90_ms", "speedup_vs_best_dense")}
+            for r in rows if r["runtime"] == name
+        ],
+    }
 
 
 def model_card(report: dict, name: str) -> str:
@@ -159,6 +214,7 @@ def package(
     int8: bool = False,
     dense: bool = False,
     layout: str | None = None,
+    runtime: str | None = None,
 ) -> Path:
     """`layout` (with int8): "qdq" (ORT's QDQ pairs, per-channel weights) or "matmulinteger"
     (per-tensor MatMulInteger → Cast → Mul, the layout DeepSparse accelerates; made by static
@@ -246,12 +302,17 @@ def package(
                     f"    model: {model_rel}\n    batch_size: 1\n    kwargs: {{sequence_length: 128}}\n"
                 )
         _, dev, _ = task.load(recipe)
-        np.savez(tmp / "samples.npz", **reference_outputs(tmp / model_rel, export_dir, task, dev))
+        precision = "int8" if int8 else "fp32"
+        arrays, reference = reference_outputs(tmp / model_rel, export_dir, task, dev, precision)
+        np.savez(tmp / "samples.npz", **arrays)
+        measured_as = INT8_LAYOUTS[layout][1] if int8 else ("dense" if dense else "sparse")
+        target = measured_runtime(report, measured_as, runtime)
         card = model_card(report, name)
         if dense:
             card = f"**The dense baseline graph of this run** (what the sparse one is measured against).\n\n{card}"
         (tmp / "README.md").write_text(card)
         from ..run import versions
+        from ..runtimes.registry import licence_of
 
         manifest = {
             "name": name,
@@ -266,9 +327,10 @@ def package(
             "target_sparsity": recipe.prune.target_sparsity,
             "target_speedup": recipe.prune.target_speedup,
             "encoder_sparsity": encoder_sparsity,
-            "precision": "int8" if int8 else "fp32",
+            "precision": precision,
             "int8_layout": layout if int8 else None,
-            "measured_as": INT8_LAYOUTS[layout][1] if int8 else ("dense" if dense else "sparse"),  # its bench rows
+            "measured_as": measured_as,  # its bench rows' model label
+            "runtime": target,  # what it is packaged for (`p2d serve` serves on it by default)
             "graph": "dense" if dense else "sparse",
             "max_batch_size": MAX_BATCH,
             "per_layer_sparsity": report["sparsity"]["per_layer"],
@@ -276,9 +338,10 @@ def package(
             "quantize": report.get("quantize"),
             "inputs": inputs,
             "outputs": outputs,
-            "bench": report.get("bench"),
+            "bench": [{**r, "licence": r.get("licence") or licence_of(r.get("runtime", ""))}
+                      for r in report.get("bench") or []],
             "recipe": recipe.to_dict(),
-            "reference": {"file": "samples.npz", "atol": 1e-4},
+            "reference": reference,
             "files": hash_dir(tmp),
         }
         write_json_atomic(tmp / "manifest.json", manifest)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json
-from .verify import reference_samples
+from .verify import reference_for, reference_samples
 
 V2_DTYPES = {np.dtype("int64"): "INT64", np.dtype("int32"): "INT32", np.dtype("float32"): "FP32"}
 
@@ -46,18 +46,18 @@ def infer(c, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> l
     return [result.as_numpy(o) for o in outputs]
 
 
-def samples(artifact: Path) -> tuple[dict, dict[str, np.ndarray], list[np.ndarray], list[str]]:
-    """(manifest, stored inputs, reference outputs, output names) of an artifact."""
+def samples(artifact: Path, runtime: str = "onnxruntime") -> tuple[dict, dict[str, np.ndarray], list[np.ndarray], list[str]]:  # noqa: E501
+    """(manifest, stored inputs, `runtime`'s reference outputs, output names) of an artifact."""
     manifest = read_json(Path(artifact) / "manifest.json")
-    inputs, expected = reference_samples(artifact, manifest)
+    inputs, expected = reference_samples(artifact, manifest, reference_for(manifest, runtime)[0])
     return manifest, inputs, expected, [o["name"] for o in manifest["outputs"]]
 
 
-def reference_check(url: str, model: str, artifact: Path) -> tuple[str | None, list[str]]:
+def reference_check(url: str, model: str, artifact: Path, runtime: str = "onnxruntime") -> tuple[str | None, list[str]]:
     """(first mismatch or None, the checks that passed): the whole reference batch in one
-    request, then each sample alone."""
-    manifest, inputs, expected, outs = samples(artifact)
-    atol = manifest["reference"]["atol"]
+    request, then each sample alone; against `runtime`'s reference and tolerance."""
+    manifest, inputs, expected, outs = samples(artifact, runtime)
+    atol = reference_for(manifest, runtime)[1]
     c = client(url)
     passed = []
     n = len(inputs["input_ids"])
@@ -72,7 +72,8 @@ def reference_check(url: str, model: str, artifact: Path) -> tuple[str | None, l
             worst = max(worst, diff)
             if diff > atol:
                 return f"{what}: output {name} differs from the reference by {diff:.2e} > {atol:g}", passed
-    passed.append(f"served outputs match the reference on {n} samples (batched, then singly; max diff {worst:.0e})")
+    passed.append(f"served outputs match the {runtime} reference on {n} samples (batched, then singly; "
+                  f"max diff {worst:.0e} <= {atol:g})")
     return None, passed
 
 
@@ -87,12 +88,19 @@ def _raw_post(url: str, model: str, body: bytes) -> int:
         return e.code
 
 
-def malformed_requests(inputs: dict[str, np.ndarray], max_batch: int) -> dict[str, dict[str, np.ndarray]]:
+def malformed_requests(inputs: dict[str, np.ndarray], max_batch: int, vocab: int = 30522,
+                       max_seq: int = 512) -> dict[str, dict[str, np.ndarray]]:
     """Name -> a request a server must refuse (built from one good request's arrays)."""
     one = {k: v[:1] for k, v in inputs.items()}
     first = next(iter(one))
     big = {k: np.repeat(v, max_batch + 1, axis=0) for k, v in one.items()}
+    long = {k: np.resize(v, (1, max_seq + 1)) for k, v in one.items()}
+    ids = one["input_ids"]
     return {
+        "negative token id": {**one, "input_ids": np.where(np.arange(ids.shape[1]) == 1, -5, ids)},
+        f"token id past the vocabulary ({vocab})": {**one, "input_ids": np.where(np.arange(ids.shape[1]) == 1,
+                                                                                   vocab, ids)},
+        f"sequence over the usable positions ({max_seq + 1})": long,
         "wrong dtype (FP32 token ids)": {**one, first: one[first].astype(np.float32)},
         "wrong shape (1-D)": {k: v[0] for k, v in one.items()},
         f"oversize batch ({max_batch + 1})": big,
@@ -102,12 +110,22 @@ def malformed_requests(inputs: dict[str, np.ndarray], max_batch: int) -> dict[st
     }
 
 
-def malformed_check(url: str, model: str, artifact: Path) -> tuple[str | None, list[str]]:
+def served_limits(artifact: Path, manifest: dict) -> tuple[int, int]:
+    """(vocabulary size, usable positions) the server enforces for this artifact."""
+    from .served_inputs import limits
+
+    config = Path(artifact) / "config.json"
+    lim = limits(manifest, read_json(config) if config.is_file() else {})
+    return lim.vocab_size, lim.max_seq
+
+
+def malformed_check(url: str, model: str, artifact: Path, runtime: str = "onnxruntime") -> tuple[str | None, list[str]]:
     """Each malformed request gets an error response (not a crash, not an answer), and a good
     request right after it is still served correctly."""
     from tritonclient.utils import InferenceServerException
 
-    manifest, inputs, expected, outs = samples(artifact)
+    manifest, inputs, expected, outs = samples(artifact, runtime)
+    atol = reference_for(manifest, runtime)[1]
     good = {k: v[:1] for k, v in inputs.items()}
     c = client(url)
     passed = []
@@ -115,11 +133,12 @@ def malformed_check(url: str, model: str, artifact: Path) -> tuple[str | None, l
     def still_serving(after: str) -> str | None:
         got = infer(c, model, good, outs)
         diff = max(float(np.abs(e[:1] - g).max()) for e, g in zip(expected, got))
-        if diff > manifest["reference"]["atol"]:
+        if diff > atol:
             return f"after {after}: a good request was answered wrongly (diff {diff:.2e})"
         return None
 
-    for what, arrays in malformed_requests(inputs, int(manifest.get("max_batch_size") or 64)).items():
+    vocab, max_seq = served_limits(artifact, manifest)
+    for what, arrays in malformed_requests(inputs, int(manifest.get("max_batch_size") or 64), vocab, max_seq).items():
         try:
             infer(c, model, arrays, outs)
             return f"{what}: answered instead of refused", passed
@@ -143,17 +162,24 @@ def malformed_check(url: str, model: str, artifact: Path) -> tuple[str | None, l
 
 def load_test(
     url: str, model: str, arrays: dict[str, np.ndarray], outputs: list[str], concurrency: int, requests: int,
-    time_limit_s: float,
+    time_limit_s: float, expected: list[np.ndarray] | None = None, atol: float = 0.0,
 ) -> dict:
     """`requests` identical requests from `concurrency` client threads (one connection each),
-    stopping early at `time_limit_s`. Every request sent is answered or counted as an error."""
-    from tritonclient.utils import InferenceServerException
-
+    stopping early at `time_limit_s`. Every request sent has one outcome: answered (and, given
+    `expected`, answered correctly or wrongly), refused (an error status), or failed (any other
+    exception, by type); `lost` is what is left, and is 0 unless a worker died uncounted."""
     lat: list[float] = []
-    errors: list[str] = []
+    outcomes: dict[str, int] = {}
+    first_error: list[str] = []
     sent = {"n": 0}
     lock = threading.Lock()
     deadline = time.monotonic() + time_limit_s
+
+    def count(kind: str, detail: str = "") -> None:
+        with lock:
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+            if detail and not first_error:
+                first_error.append(detail[:200])
 
     def worker() -> None:
         c = client(url)
@@ -164,13 +190,20 @@ def load_test(
                 sent["n"] += 1
             t0 = time.perf_counter()
             try:
-                infer(c, model, arrays, outputs)
-                ms = (time.perf_counter() - t0) * 1e3
-                with lock:
-                    lat.append(ms)
-            except (InferenceServerException, OSError) as e:
-                with lock:
-                    errors.append(str(e)[:200])
+                got = infer(c, model, arrays, outputs)
+            except Exception as e:  # noqa: BLE001 - every outcome is counted, none crashes the count
+                status = getattr(e, "status", lambda: None)()
+                count(f"status {status}" if status else f"failed ({type(e).__name__})", str(e))
+                continue
+            ms = (time.perf_counter() - t0) * 1e3
+            with lock:
+                lat.append(ms)
+            if expected is not None:
+                diff = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
+                ok = diff <= atol
+                count("answered correctly" if ok else "answered wrongly", "" if ok else f"diff {diff:.3g}")
+            else:
+                count("answered")
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -178,17 +211,20 @@ def load_test(
             f.result()
     wall = time.perf_counter() - t0
     a = np.array(lat) if lat else np.array([np.nan])
+    answered = len(lat)
     return {
         "concurrency": concurrency,
         "sent": sent["n"],
-        "answered": len(lat),
-        "errors": len(errors),
-        "lost": sent["n"] - len(lat) - len(errors),
-        "first_error": errors[0] if errors else None,
+        "answered": answered,
+        "errors": sum(v for k, v in outcomes.items() if not k.startswith("answered")),
+        "wrong": outcomes.get("answered wrongly", 0),
+        "lost": sent["n"] - sum(outcomes.values()),
+        "outcomes": outcomes,
+        "first_error": first_error[0] if first_error else None,
         "wall_s": round(wall, 3),
         "p50_ms": round(float(np.percentile(a, 50)), 2),
         "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "throughput_rps": round(len(lat) / wall, 2) if wall else 0.0,
+        "throughput_rps": round(answered / wall, 2) if wall else 0.0,
         "batch_size": int(next(iter(arrays.values())).shape[0]),
         "seq_len": int(next(iter(arrays.values())).shape[1]),
     }

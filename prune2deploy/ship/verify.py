@@ -10,7 +10,57 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..files import hash_dir, read_json
+from ..files import hash_dir, read_json, sha256_file
+
+# What a served output may differ from the stored reference by. Against the reference made on the
+# same runtime at package time (what the graph was verified with there): fp32 agrees to rounding;
+# bf16 and INT8 kernels may block a batch differently. Against ONNX Runtime's reference, for a
+# runtime that was not installed when the artifact was made: the bench's cross-runtime tolerance
+# (runtimes round and requantize INT8 differently: 0.3-2.4 on squad logits).
+SAME_RUNTIME_ATOL = {"fp32": 1e-4, "bf16": 0.05, "int8": 0.05}
+CROSS_RUNTIME = {"fp32": 1e-4, "bf16": 0.5, "int8": 0.25}  # int8: relative to 1 + max |reference|
+RUNTIME_PRECISION = {"openvino-bf16": "bf16"}
+
+
+def precision_of(graph_precision: str, runtime: str) -> str:
+    """What a runtime computes an artifact's graph in: an INT8 graph is INT8 anywhere."""
+    return "int8" if graph_precision == "int8" else RUNTIME_PRECISION.get(runtime, "fp32")
+
+
+def reference_atol(precision: str, reference: list[np.ndarray], same_runtime: bool) -> float:
+    if same_runtime:
+        scale = 1.0 if precision == "fp32" else 1.0 + max(float(np.abs(r).max()) for r in reference)
+        return round(SAME_RUNTIME_ATOL[precision] * scale, 6)
+    if precision == "int8":
+        return round(CROSS_RUNTIME["int8"] * (1.0 + max(float(np.abs(r).max()) for r in reference)), 4)
+    return CROSS_RUNTIME[precision]
+
+
+def reference_for(manifest: dict, runtime: str) -> tuple[str, float]:
+    """(the key prefix of `runtime`'s reference outputs in the samples file, its tolerance): its
+    own where the artifact has one, else ONNX Runtime's with the cross-runtime tolerance the
+    manifest states (artifacts made before per-runtime references: the one `atol`)."""
+    ref = manifest.get("reference") or {}
+    per = (ref.get("runtimes") or {}).get(runtime)
+    if per:
+        return per["key"], float(per["atol"])
+    cross = (ref.get("cross_runtime_atol") or {}).get(runtime)
+    return "output", float(cross if cross is not None else ref.get("atol", 1e-4))
+
+
+def manifest_digest(path: Path) -> str:
+    """sha256 of manifest.json: it lists the sha256 of every other file, so pinning this one
+    digest pins the whole artifact (`p2d serve/verify --expect-manifest-sha256`)."""
+    return sha256_file(Path(path) / "manifest.json")
+
+
+def check_pin(path: Path, expected: str | None) -> str | None:
+    if not expected:
+        return None
+    got = manifest_digest(path)
+    if got == expected.lower():
+        return None
+    return f"manifest.json sha256 {got[:16]}... is not the pinned {expected[:16]}..."
 
 
 def check_files(path: Path, manifest: dict) -> str | None:
@@ -29,15 +79,18 @@ def check_files(path: Path, manifest: dict) -> str | None:
     return None
 
 
-def reference_samples(path: Path, manifest: dict) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    """The artifact's stored inputs by name, and its reference outputs in the manifest's order."""
+def reference_samples(
+    path: Path, manifest: dict, key: str = "output"
+) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The artifact's stored inputs by name, and its reference outputs (ONNX Runtime's, or those
+    stored under `key`) in the manifest's order."""
     with np.load(Path(path) / manifest["reference"]["file"], allow_pickle=False) as data:
         inputs = {k.split(".", 1)[1]: data[k] for k in data.files if k.startswith("input.")}
-        expected = [data[f"output.{o['name']}"] for o in manifest["outputs"]]
+        expected = [data[f"{key}.{o['name']}"] for o in manifest["outputs"]]
     return inputs, expected
 
 
-def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
+def verify_artifact(path: Path, pin: str | None = None) -> tuple[str | None, list[str]]:
     """(first failure or None, the checks that passed)."""
     path = Path(path)
     mpath = path / "manifest.json"
@@ -48,11 +101,16 @@ def verify_artifact(path: Path) -> tuple[str | None, list[str]]:
     except ValueError:
         return "manifest.json is not valid JSON", []
     passed: list[str] = []
+    bad = check_pin(path, pin)
+    if bad:
+        return bad, passed
+    if pin:
+        passed.append("manifest.json has the pinned sha256")
     bad = check_files(path, manifest)
     if bad:
         return bad, passed
     want = manifest.get("files") or {}
-    passed.append(f"sha256 of {len(want)} files")
+    passed.append(f"sha256 of {len(want)} files (manifest.json {manifest_digest(path)})")
 
     import onnx
     from onnx import numpy_helper
