@@ -163,7 +163,7 @@ def soak(server: Server, table: dict, names: list[str], schedule: list[tuple[int
                      "not_as_expected": total - ok, "lost": len(plan) - total, "wall_s": round(wall, 2),
                      "good_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat else None,
                      "good_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat else None,
-                     "by_kind": counts})
+                     "rss_kb_after": rss_kb(server.proc.pid), "by_kind": counts})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "by_kind"}), flush=True)
     return rows
 
@@ -258,11 +258,13 @@ def main() -> int:
 def markdown(r: dict) -> str:
     lines = [f"Soak of `p2d serve` ({r['runtime']}, {r['threads']} threads, body cap {r['max_body_bytes']} bytes) "
              f"on {r['cpu_label']}: {r['name']}; client on the same CPU.", "",
-             "| concurrency | sent | as expected | not as expected | lost | good p50 / p99 ms | wall s |",
-             "|---|---|---|---|---|---|---|"]
+             "| concurrency | sent | as expected | not as expected | lost | good p50 / p99 ms | wall s "
+             "| RSS after MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in r["soak"]:
+        rss = f"{s['rss_kb_after'] / 1024:.0f}" if s.get("rss_kb_after") else "-"
         lines.append(f"| {s['concurrency']} | {s['sent']} | {s['as_expected']} | {s['not_as_expected']} | {s['lost']} "
-                     f"| {s['good_p50_ms']} / {s['good_p99_ms']} | {s['wall_s']} |")
+                     f"| {s['good_p50_ms']} / {s['good_p99_ms']} | {s['wall_s']} | {rss} |")
     kinds_seen: dict[str, dict[str, int]] = {}
     for s in r["soak"]:
         for k, v in s["by_kind"].items():

@@ -178,8 +178,11 @@ def run(
                 "export.quantize": quantize,
             },
         )
+        from .fit import fit_to_data
+
         recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)
-        run_pipeline(recipe, out or default_run_dir(recipe), force=force)
+        run_dir = out or default_run_dir(recipe)
+        run_pipeline(fit_to_data(recipe, run_dir, force), run_dir, force=force)
 
     _guard(go)
 

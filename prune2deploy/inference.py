@@ -27,7 +27,11 @@ def collate(tokenizer):
             batch = tokenizer.pad(inputs, return_tensors="pt")
         for key in LABEL_KEYS:
             if key in rows[0]:
-                batch[key] = torch.tensor([r[key] for r in rows])
+                if isinstance(rows[0][key], list):  # a label per token: padded like the inputs, left out of the loss
+                    width = batch["input_ids"].shape[-1]
+                    batch[key] = torch.tensor([r[key] + [-100] * (width - len(r[key])) for r in rows])
+                else:
+                    batch[key] = torch.tensor([r[key] for r in rows])
         return dict(batch)
 
     return fn
@@ -38,12 +42,15 @@ def model_inputs(batch: dict) -> dict:
 
 
 def token_level(output) -> bool:
-    """Whether a model output has per-token heads (QA start/end logits)."""
-    return getattr(output, "start_logits", None) is not None
+    """Whether a model output has per-token heads (QA start/end logits, a label per token)."""
+    if getattr(output, "start_logits", None) is not None:
+        return True
+    logits = getattr(output, "logits", None)  # (batch, seq, labels); classification and multiple choice are 2-D
+    return logits is not None and logits.dim() == 3
 
 
 def logits_of(output) -> list[torch.Tensor]:
-    if token_level(output):
+    if getattr(output, "start_logits", None) is not None:
         return [output.start_logits, output.end_logits]
     return [output.logits]
 
@@ -78,8 +85,8 @@ def forward_batches(
             heads = []
             for t in logits:
                 a = t.float().cpu().numpy()
-                if pad_to is not None and a.ndim == 2 and a.shape[1] == length:
-                    a = np.pad(a, ((0, 0), (0, pad_to - length)), constant_values=-1e4)
+                if pad_to is not None and a.ndim >= 2 and a.shape[1] == length:  # per token: (b, seq[, labels])
+                    a = np.pad(a, ((0, 0), (0, pad_to - length)) + ((0, 0),) * (a.ndim - 2), constant_values=-1e4)
                 heads.append(a)
             outs.append(heads)
             bar.advance()

@@ -96,16 +96,24 @@ def load_tokenizer(model: str):
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 
 
-def load_model(model: str, auto_class: str, num_labels: int | None = None, attention_dropout: float | None = None):
+def load_model(
+    model: str, auto_class: str, num_labels: int | None = None, attention_dropout: float | None = None,
+    labels: list[str] | None = None,
+):
     """Load weights with safetensors only (never pickle); a fresh head where the checkpoint has none.
 
-    `attention_dropout` (when not None) replaces the config's attention-probability dropout.
+    `attention_dropout` (when not None) replaces the config's attention-probability dropout;
+    `labels` (a label set from the data) sizes the head and names its classes (id2label).
     """
     import transformers
     from transformers.utils import logging as hf_logging
 
     config = load_config(model)
     kwargs = {}
+    if labels is not None:
+        num_labels = len(labels)
+        kwargs["id2label"] = dict(enumerate(labels))
+        kwargs["label2id"] = {n: i for i, n in enumerate(labels)}
     if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
         kwargs["num_labels"] = num_labels
     if attention_dropout is not None:

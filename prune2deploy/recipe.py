@@ -31,6 +31,18 @@ class DataConfig:
     doc_stride: int = 128
     eval_split_fraction: float = 0.1  # for sources without a dev split (seeded hold-out)
     group_by_length: bool = True  # training batches of similar lengths: less padding, faster steps
+    # The user's own files (text-classification, token-classification, question-answering):
+    # which files (under --data-dir, or paths) and which columns
+    train_file: str | None = None  # default: train.* ; with no eval file found, a seeded hold-out
+    eval_file: str | None = None  # default: validation.* / dev.* / test.*
+    text_column: str = "text"
+    text_pair_column: str = "text_pair"  # used where the file has it
+    label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    # The default profile of those tasks sizes itself to the data within this budget (minutes
+    # of training on this machine's measured step time): examples, epochs, pruning steps
+    time_budget_min: float | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +334,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "data.max_length": (1, True, None, False),
     "data.doc_stride": (0, True, None, False),
     "data.eval_split_fraction": (0, False, 1, False),
+    "data.time_budget_min": (0, False, None, False),
     "teacher.epochs": (0, False, None, False),
     "teacher.batch_size": (1, True, None, False),
     "teacher.lr": (0, False, None, False),

@@ -99,7 +99,7 @@ class TeacherOutputs:
 
     @staticmethod
     def _pad(rows, mask: torch.Tensor) -> torch.Tensor:
-        out = rows[0].new_zeros(mask.shape)  # the padded part is masked out of the loss
+        out = rows[0].new_zeros((*mask.shape, *rows[0].shape[1:]))  # the padded part is masked out of the loss
         for k, r in enumerate(rows):
             out[k, : len(r)] = r
         return out

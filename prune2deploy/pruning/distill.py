@@ -25,7 +25,10 @@ def kd_term(
     where `mask` is 0 take part in neither distribution."""
     t = temperature
     student, teacher = student.float(), teacher.float()
-    if mask is not None:
+    if mask is not None and student.dim() == 3:  # a label per token: the padding's rows are left out
+        keep = mask.bool()
+        student, teacher = student[keep], teacher[keep]
+    elif mask is not None:
         student = student.masked_fill(mask == 0, PAD_LOGIT)
         teacher = teacher.masked_fill(mask == 0, PAD_LOGIT)
     s_log = F.log_softmax(student.reshape(-1, student.shape[-1]) / t, dim=-1)

@@ -183,6 +183,10 @@ class P2DModel(MLModel):
         # an output whose second axis is dynamic runs along the sequence (cut back after padding)
         self._seq_axis = [len(o.get("dims", [])) > 1 and o["dims"][1] == -1 for o in manifest["outputs"]]
         self._limits = limits(manifest, config)
+        # a classification head with named classes: answers carry the names too (output "label")
+        names = [str((config.get("id2label") or {}).get(str(i), "")) for i in range(int(config.get("num_labels") or 0))]
+        named = names and not all(n.startswith("LABEL_") or not n for n in names) and "logits" in self._outputs
+        self._label_names = np.array([n.encode() for n in names], dtype=object) if named else None
         self._tokenizer, self._no_text = None, "this artifact has no tokenizer.json: send token ids"
         if "tokenizer.json" in files:
             try:
@@ -281,9 +285,13 @@ class P2DModel(MLModel):
             raise InferenceError(str(e)) from None
         padded, length = pad_to_bucket(feed, self._limits)
         outs = unpad(await self._batcher.submit(padded), self._seq_axis, length)
+        encoded = [NumpyCodec.encode_output(n, np.asarray(o)) for n, o in zip(self._outputs, outs)]
+        if self._label_names is not None:  # the class (or each token's tag) by name
+            best = np.asarray(outs[self._outputs.index("logits")]).argmax(-1)  # [batch] or [batch, seq]
+            encoded.append(NumpyCodec.encode_output("label", self._label_names[best]))
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
-            outputs=[NumpyCodec.encode_output(n, np.asarray(o)) for n, o in zip(self._outputs, outs)],
+            outputs=encoded,
             parameters={"runtime": self.runtime, "licence": LICENCES[self.runtime]},
         )

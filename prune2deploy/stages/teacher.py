@@ -1,4 +1,5 @@
-"""Stage 1: the dense teacher, fine-tuned on the task (or given with --teacher PATH).
+"""Stage 1: the dense teacher, fine-tuned on the task (or given with --teacher PATH, or the
+user's --model when it already has a head for the data's labels: tasks/labels.py).
 
 It is the baseline and the KD teacher. A trained teacher is cached by the hash of what it
 was built from (task, model, data, teacher config, seed) under `<runs>/_teachers/`, so every
@@ -14,6 +15,7 @@ from .. import distributed as D
 from ..files import hash_dir, read_json, sha256_json, write_json_atomic
 from ..models import load_config, load_model, load_tokenizer, resolve_model
 from ..progress import log
+from ..tasks.labels import head_of
 from ..training import FitConfig, fit
 from .common import StageContext, setup, train_data
 
@@ -32,12 +34,19 @@ def run(ctx: StageContext) -> dict:
     recipe, out, run_dir = ctx.recipe, ctx.out, ctx.run_dir
     task, base_model = setup(recipe)
     t = recipe.teacher
-    if t.path:
-        model_dir = resolve_model(t.path)
+    labels = task.labels(recipe) if task.labels else None  # a label set from the user's data
+    own_head = labels is not None and not t.path and head_of(recipe, task.auto_class) is not None
+    if t.path or own_head:
+        model_dir = resolve_model(t.path or recipe.model)
         load_config(model_dir)
         load_model(model_dir, task.auto_class, task.num_labels)  # fails early on a bad dir
-        write_json_atomic(out / "teacher.json", {"model_dir": model_dir, "trained": False})
-        return {"model_dir": model_dir, "trained": False, "_external": {model_dir: hash_dir(model_dir)}}
+        given = "--teacher" if t.path else "--model (its own head for these labels)"
+        if own_head:
+            log(f"teacher: {model_dir} has a {task.auto_class.replace('AutoModel', '')} head for the data's "
+                f"{len(labels)} labels: it is the dense teacher as it is (no teacher training)")
+        write_json_atomic(out / "teacher.json", {"model_dir": model_dir, "trained": False, "given": given})
+        return {"model_dir": model_dir, "trained": False, "given": given, "labels": labels,
+                "_external": {model_dir: hash_dir(model_dir)}}
 
     cache = cache_dir(run_dir, recipe)
     meta = cache / "teacher.json"
@@ -55,7 +64,7 @@ def run(ctx: StageContext) -> dict:
     D.barrier()  # several processes: every rank has looked at the cache before rank 0 replaces it
 
     tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model, task.auto_class, task.num_labels, recipe.attention_dropout)
+    model = load_model(base_model, task.auto_class, task.num_labels, recipe.attention_dropout, labels=labels)
     features, _, data_info = train_data(recipe, task, tokenizer)
     steps_per_epoch = max(1, len(features) // t.batch_size)
     total = max(1, round(t.epochs * steps_per_epoch))
@@ -88,6 +97,7 @@ def run(ctx: StageContext) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "data": data_info,
         "final_loss": train_log["losses"][-1]["loss"] if train_log["losses"] else None,
+        "labels": labels,
     }
     if D.is_main():  # one writer of the shared cache
         tmp = cache.with_name(cache.name + ".tmp")

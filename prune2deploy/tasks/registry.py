@@ -33,10 +33,13 @@ class Task:
     # the DeepSparse server pipeline that serves it (`p2d package --format triton`); None: none
     # fits, and the package says so instead of writing a config that would mis-serve it
     deepsparse_task: str | None = "text_classification"
+    # labels(recipe) -> the label names in id order, for tasks whose label set comes from the
+    # user's data (num_labels None): the teacher's head is made with them (config id2label)
+    labels: Callable[[Any], list[str]] | None = None
 
 
 def _tasks() -> dict[str, Task]:
-    from . import bbc_news, classification, commonsense_qa, glue, squad
+    from . import bbc_news, classification, commonsense_qa, glue, squad, text_classification, token_classification
 
     return {
         "squad": squad.TASK,
@@ -45,6 +48,10 @@ def _tasks() -> dict[str, Task]:
         "bbc_news": bbc_news.TASK,
         **glue.TASKS,  # sst2, mnli, qqp, qnli, mrpc, rte
         "commonsense_qa": commonsense_qa.TASK,
+        # the user's own files (--data-dir): any label set, any SQuAD-format JSON pair
+        "text-classification": text_classification.TASK,
+        "token-classification": token_classification.TASK,
+        "question-answering": squad.USER_TASK,
     }
 
 

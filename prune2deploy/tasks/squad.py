@@ -9,6 +9,7 @@ question-answering examples. Metric: official v1.1 EM/F1.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,34 @@ def load(recipe):
     d = recipe.data
     info["subset"] = "seeded random sample" if d.train_examples or d.eval_examples else "all"
     return sampled(recipe, train, dev, info, counts=("train_questions", "eval_questions"))
+
+
+def load_user_files(recipe):
+    """`question-answering`: any SQuAD v1.1-format JSON pair: `data.train_file` / `data.eval_file`
+    (paths, or names under --data-dir), else train-v1.1.json / dev-v1.1.json or train.json /
+    dev.json (validation.json, test.json) under --data-dir."""
+    from .user_files import _named
+
+    d = recipe.data
+    train, dev = _named(recipe, d.train_file), _named(recipe, d.eval_file)
+    root = Path(d.data_dir).expanduser() if d.data_dir and d.data_dir != "hub" else None
+    if (train is None or dev is None) and root is None:
+        raise UserError("task 'question-answering' trains on your SQuAD-format JSON: pass --data-dir DIR, or "
+                        "--set data.train_file=FILE data.eval_file=FILE")
+
+    def find(names):
+        return next((root / n for n in names if (root / n).is_file()), None) if root and root.is_dir() else None
+
+    train = train or find((FILES["train"], "train.json"))
+    dev = dev or find((FILES["eval"], "dev.json", "validation.json", "test.json"))
+    if train is None or dev is None:
+        raise UserError(f"{root}: no {'train' if train is None else 'dev'} file (train-v1.1.json/train.json, "
+                        "dev-v1.1.json/dev.json/validation.json/test.json); or name them with --set "
+                        "data.train_file=... data.eval_file=...")
+    info = {"source": f"{train} + {dev}", "split": f"{train.name} / {dev.name}"}
+    info["subset"] = "seeded random sample" if d.train_examples or d.eval_examples else "all"
+    rows = read_squad_json(train), read_squad_json(dev)
+    return sampled(recipe, *rows, info, counts=("train_questions", "eval_questions"))
 
 
 def _pad_right(tokenizer) -> bool:
@@ -232,4 +261,9 @@ TASK = Task(
     evaluate=evaluate,
     sample_inputs=sample_inputs,
     deepsparse_task="question_answering",
+)
+
+USER_TASK = replace(
+    TASK, name="question-answering", load=load_user_files,
+    source="your SQuAD v1.1-format JSON (--data-dir, or data.train_file / data.eval_file)",
 )
