@@ -184,7 +184,8 @@ class P2DModel(MLModel):
         self._seq_axis = [len(o.get("dims", [])) > 1 and o["dims"][1] == -1 for o in manifest["outputs"]]
         self._limits = limits(manifest, config)
         # a classification head with named classes: answers carry the names too (output "label")
-        names = [str((config.get("id2label") or {}).get(str(i), "")) for i in range(int(config.get("num_labels") or 0))]
+        id2label = config.get("id2label") or {}  # config.json keeps no num_labels: the head's size is this
+        names = [str(id2label.get(str(i), "")) for i in range(len(id2label))]
         named = names and not all(n.startswith("LABEL_") or not n for n in names) and "logits" in self._outputs
         self._label_names = np.array([n.encode() for n in names], dtype=object) if named else None
         self._tokenizer, self._no_text = None, "this artifact has no tokenizer.json: send token ids"
