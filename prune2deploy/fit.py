@@ -6,7 +6,8 @@ then: the profile's epochs (teacher 2, prune 3; a prune step costs ~1.3 teacher 
 teacher's forward) fit the data when they fit the budget; a larger data set is sampled down to
 what fits; a smaller one gets more epochs (up to 3x, so pruning still has some hundred steps),
 the pruning schedule (start, end, interval, in epochs) scaled with them. What it chose is
-printed and kept in the recipe (run dir `recipe.json`); a resumed run reuses it.
+printed and kept in the recipe (run dir `recipe.json`); a resumed run reuses it, and the measured
+rate is kept per machine beside the run dirs (`_fit/`), so runs of the same data size alike.
 """
 
 from __future__ import annotations
@@ -54,6 +55,27 @@ def step_rate(recipe, task, train, labels) -> float:
     return batch_size / min(times[1:])
 
 
+def cached_rate(recipe, run_dir: Path, measure) -> float:
+    """The step rate measured once per model, length, batch, precision and CPU, kept beside the
+    run dirs (`<runs>/_fit/`): runs of the same data on this machine get the same sizes, and so
+    share their teacher (cached by its recipe)."""
+    from .files import sha256_json, write_json_atomic
+    from .machine import cpu_label
+
+    key = {"model": recipe.model, "task": recipe.task, "max_length": recipe.data.max_length,
+           "batch_size": recipe.teacher.batch_size, "precision": recipe.precision,
+           "attention_dropout": recipe.attention_dropout, "threads": recipe.threads, "cpu": cpu_label()}
+    path = Path(run_dir).resolve().parent / "_fit" / f"rate-{sha256_json(key)[:16]}.json"
+    if path.is_file():
+        try:
+            return float(read_json(path)["examples_per_s"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    rate = measure()
+    write_json_atomic(path, {**key, "examples_per_s": rate})
+    return rate
+
+
 def fit_to_data(recipe, run_dir: Path, force: bool = False):
     d = recipe.data
     if not d.time_budget_min:
@@ -73,7 +95,7 @@ def fit_to_data(recipe, run_dir: Path, force: bool = False):
     task = get_task(recipe.task)
     train, _, _ = task.load(recipe)
     labels = task.labels(recipe) if task.labels else None
-    rate = step_rate(recipe, task, train, labels)
+    rate = cached_rate(recipe, Path(run_dir), lambda: step_rate(recipe, task, train, labels))
     n = len(train)
     t, p = recipe.teacher, recipe.prune
     passes = TRAINING_SHARE * d.time_budget_min * 60 * rate  # example-passes the budget holds

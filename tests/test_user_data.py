@@ -252,3 +252,37 @@ def test_bad_user_data_is_one_line_and_nothing_is_written(case, tiny_model_dir, 
     res = p2d_smoke(task, tiny_model_dir, tmp_path / "run", *args)
     assert_user_error(res, needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_profile_sizes_itself_to_the_data(ticket_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """data.time_budget_min: more epochs for little data (at most 3x), fewer examples for much;
+    the measured rate is kept per machine (the same data sizes alike), a resumed run keeps its sizes."""
+    from prune2deploy import fit
+    from prune2deploy.recipe import load_recipe
+
+    base = {"model": str(tiny_model_dir), "data.data_dir": str(ticket_dir)}
+    calls = []
+
+    def rate(value):
+        def measure(*a):
+            calls.append(value)
+            return value
+        return measure
+
+    recipe = load_recipe("text-classification", "default", {**base, "data.time_budget_min": 20})
+    monkeypatch.setattr(fit, "step_rate", rate(1000.0))  # fast: 140 examples fit many times over
+    big = fit.fit_to_data(recipe, tmp_path / "a" / "run")
+    assert big.teacher.epochs == 3 * recipe.teacher.epochs and big.prune.epochs == 3 * recipe.prune.epochs
+    assert big.prune.prune_freq == pytest.approx(3 * recipe.prune.prune_freq) and big.data.train_examples is None
+    slow = load_recipe("text-classification", "default", {**base, "data.time_budget_min": 0.01})
+    monkeypatch.setattr(fit, "step_rate", rate(1.0))
+    small = fit.fit_to_data(slow, tmp_path / "b" / "run")
+    assert small.teacher.epochs == recipe.teacher.epochs and small.data.train_examples is None  # 140 < 200: all kept
+    # the rate is measured once per machine and model beside the run dirs
+    again = fit.fit_to_data(slow, tmp_path / "b" / "run2")
+    assert again == small and calls == [1000.0, 1.0]
+    # a run dir begun with other sizes keeps them on resume
+    (tmp_path / "a" / "run").mkdir(parents=True)
+    (tmp_path / "a" / "run" / "recipe.json").write_text(json.dumps(big.to_dict()))
+    monkeypatch.setattr(fit, "step_rate", rate(5.0))
+    assert fit.fit_to_data(recipe, tmp_path / "a" / "run").teacher.epochs == big.teacher.epochs
