@@ -391,13 +391,14 @@ def serve_check(
     bad = {"msg": None}
 
     def go():
-        from .ship.serve import DEEPSPARSE_LICENCE, Server, check_artifact, default_runtime
+        from .ship.serve import DEEPSPARSE_LICENCE, Server
         from .ship.serve_check import malformed_check, reference_check
 
-        rt = runtime or default_runtime(check_artifact(artifact, pin))
+        server = Server(artifact, runtime, threads, pin=pin)  # runtime None: the one it was packaged for
+        rt = server.runtime
         if rt == "deepsparse":
             print(f"note {DEEPSPARSE_LICENCE}")
-        with Server(artifact, rt, threads, pin=pin) as server:
+        with server:
             print(f"ok   {server.name} ready on {rt} at http://{server.url}")
             for check in (reference_check, malformed_check):
                 bad["msg"], passed = check(server.url, server.name, artifact, rt)
@@ -474,9 +475,10 @@ def tasks() -> None:
     """List registered tasks and where their data comes from."""
     from .tasks.registry import get_task, task_names
 
+    width = max(map(len, task_names()))
     for name in task_names():
         t = get_task(name)
-        print(f"{name:16s} {t.metric:9s} len {t.max_length:<4d} {t.export_task:20s} {t.source}")
+        print(f"{name:{width}s} {t.metric:9s} len {t.max_length:<4d} {t.export_task:20s} {t.source}")
 
 
 @app.command()

@@ -33,6 +33,8 @@ from mlserver.codecs import NumpyCodec, StringCodec
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse
 
+from ..errors import UserError
+from ..files import inside
 from .batcher import Batcher
 from .served_inputs import (
     BadRequest,
@@ -124,10 +126,10 @@ SESSIONS = {"onnxruntime": _onnxruntime, "openvino": _openvino, "openvino-bf16":
 
 def _hashed(root: Path, manifest: dict, rel: str) -> bytes:
     """The bytes of one file of the artifact, inside it and as its manifest hashed them."""
-    root_r = root.resolve()
-    path = (root_r / rel).resolve()
-    if root_r not in path.parents:
-        raise ArtifactRefused(f"artifact {root}: '{rel}' points outside it")
+    try:
+        path = inside(root, rel, "manifest path")
+    except UserError:
+        raise ArtifactRefused(f"artifact {root}: '{rel}' points outside it") from None
     want = (manifest.get("files") or {}).get(rel)
     if want is None:
         raise ArtifactRefused(f"artifact {root}: '{rel}' is not one of its hashed files")

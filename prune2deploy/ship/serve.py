@@ -150,7 +150,7 @@ class Server:
     def __init__(
         self,
         artifact: Path,
-        runtime: str = "onnxruntime",
+        runtime: str | None = "onnxruntime",
         threads: int = 2,
         host: str = "127.0.0.1",
         http_port: int | None = None,
@@ -164,9 +164,10 @@ class Server:
         max_batch_time_ms: float = 0.0,
         pin: str | None = None,
     ):
-        if runtime not in RUNTIMES:
+        if runtime is not None and runtime not in RUNTIMES:
             raise UserError(f"unknown serving runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
         manifest = check_artifact(artifact, pin) if check else {}
+        runtime = runtime or default_runtime(manifest)  # None: the one it was packaged for
         self.artifact, self.runtime, self.threads, self.host = Path(artifact), runtime, threads, host
         self.name = check_name(name or manifest.get("name") or Path(artifact).name)
         self._fixed = {"http": http_port, "metrics": metrics_port, "grpc": grpc_port}
@@ -304,12 +305,11 @@ def serve_forever(artifact: Path, runtime: str | None, threads: int, host: str, 
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    manifest = check_artifact(artifact, options.get("pin"))
-    runtime = runtime or default_runtime(manifest)
-    if runtime == "deepsparse":
-        print(f"licence: {DEEPSPARSE_LICENCE}", file=sys.stderr, flush=True)
     try:
         server = Server(artifact, runtime, threads, host, port, name, **options)
+        runtime = server.runtime
+        if runtime == "deepsparse":
+            print(f"licence: {DEEPSPARSE_LICENCE}", file=sys.stderr, flush=True)
         line = exposure(host, server.ports)
         if line:
             print(line, file=sys.stderr, flush=True)
