@@ -36,6 +36,9 @@ def mnli_dir(root):
     return root
 
 
+EXPORT_TASKS = ("text-classification", "token-classification", "question-answering", "multiple-choice")
+
+
 def test_every_task_has_a_pipeline_and_declares_its_export():
     for name in task_names():
         t = get_task(name)
@@ -43,7 +46,7 @@ def test_every_task_has_a_pipeline_and_declares_its_export():
             t.metric
             and t.max_length > 0
             and t.output_names
-            and t.export_task in ("text-classification", "question-answering", "multiple-choice")
+            and t.export_task in EXPORT_TASKS
         )
         load_recipe(name, "default")  # pipelines/<name>.yaml exists and validates
     assert {"sst2", "mnli", "qqp", "qnli", "mrpc", "rte", "bbc_news"} <= set(task_names())
