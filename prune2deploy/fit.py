@@ -93,8 +93,8 @@ def fit_to_data(recipe, run_dir: Path, force: bool = False):
     from .tasks.registry import get_task
 
     task = get_task(recipe.task)
-    train, _, _ = task.load(recipe)
-    labels = task.labels(recipe) if task.labels else None
+    train, _, info = task.load(recipe)
+    labels = info.get("labels")  # a label set from the user's data (with the rows just read)
     rate = cached_rate(recipe, Path(run_dir), lambda: step_rate(recipe, task, train, labels))
     n = len(train)
     t, p = recipe.teacher, recipe.prune

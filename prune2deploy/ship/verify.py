@@ -12,30 +12,6 @@ import numpy as np
 from ..errors import UserError
 from ..files import hash_dir, read_json, sha256_file
 
-# What a served output may differ from the stored reference by. Against the reference made on the
-# same runtime at package time (what the graph was verified with there): fp32 agrees to rounding;
-# bf16 and INT8 kernels may block a batch differently. Against ONNX Runtime's reference, for a
-# runtime that was not installed when the artifact was made: the bench's cross-runtime tolerance
-# (runtimes round and requantize INT8 differently: 0.3-2.4 on squad logits).
-SAME_RUNTIME_ATOL = {"fp32": 1e-4, "bf16": 0.05, "int8": 0.05}
-CROSS_RUNTIME = {"fp32": 1e-4, "bf16": 0.5, "int8": 0.25}  # int8: relative to 1 + max |reference|
-RUNTIME_PRECISION = {"openvino-bf16": "bf16"}
-
-
-def precision_of(graph_precision: str, runtime: str) -> str:
-    """What a runtime computes an artifact's graph in: an INT8 graph is INT8 anywhere."""
-    return "int8" if graph_precision == "int8" else RUNTIME_PRECISION.get(runtime, "fp32")
-
-
-def reference_atol(precision: str, reference: list[np.ndarray], same_runtime: bool) -> float:
-    if same_runtime:
-        scale = 1.0 if precision == "fp32" else 1.0 + max(float(np.abs(r).max()) for r in reference)
-        return round(SAME_RUNTIME_ATOL[precision] * scale, 6)
-    if precision == "int8":
-        return round(CROSS_RUNTIME["int8"] * (1.0 + max(float(np.abs(r).max()) for r in reference)), 4)
-    return CROSS_RUNTIME[precision]
-
-
 def reference_for(manifest: dict, runtime: str) -> tuple[str, float]:
     """(the key prefix of `runtime`'s reference outputs in the samples file, its tolerance): its
     own where the artifact has one, else ONNX Runtime's with the cross-runtime tolerance the
