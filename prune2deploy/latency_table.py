@@ -5,15 +5,20 @@ the target runtime, at the recipe's bench shapes; the time of a pruned model is 
 model with every module empty (embeddings, LayerNorms, head: the floor no pruning removes)
 plus each layer's attention and FFN at their widths. The models timed are random-weight
 copies of the model's shape (a dense runtime's time does not depend on the values), exported
-with torch.onnx; the per-layer times are scaled so the sum over the full model equals the
-full model's measured time.
+the way the artifact ships (optimum's exporter, the recipe's opset, the model's own attention
+implementation); the per-layer times are scaled so the sum over the full model equals the
+full model's measured time, and anchored on whole models measured at other sizes.
+
+`ShapeTimer` times a whole model of given widths against the dense model on the target runtime,
+interleaved and repeated: what the latency loop (`pruning/latency_loop.py`) corrects the table
+with, and what `Table.refit` folds back in.
 """
 
 from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +47,14 @@ class Table:
     # per shape, [[sum of layer times, scale], ...]: whole models measured at several uniform widths
     # (full, 1/2, 1/4), so the scale follows the model's size (None: `scale` alone)
     anchors: list[list[list[float]]] | None = None
+    # how the timed graphs were made: a table is only valid for graphs exported the same way
+    exporter: str | None = None  # "optimum"; None: an older table (torch.onnx, eager attention)
+    opset: int | None = None
+    attn_implementation: str | None = None
+    cpu: str | None = None  # the CPU model it was measured on
+
+    def layer_sum(self, k: int, counts: dict[str, list[int]]) -> float:
+        return sum(self.attn(k, h) + self.ffn_time(k, w) for h, w in zip(counts["heads"], counts["ffn"]))
 
     def attn(self, k: int, heads: int) -> float:
         return float(self.attn_ms[k][heads])
@@ -53,7 +66,7 @@ class Table:
         """Predicted time per shape of a model with these per-layer head counts and FFN widths."""
         out = []
         for k in range(len(self.shapes)):
-            layers = sum(self.attn(k, h) + self.ffn_time(k, w) for h, w in zip(counts["heads"], counts["ffn"]))
+            layers = self.layer_sum(k, counts)
             if self.anchors:
                 xs, ys = zip(*self.anchors[k])
                 factor = float(np.interp(layers, xs, ys))
@@ -71,6 +84,44 @@ class Table:
         """The speedup with every structure removed: no target at or above it can be met."""
         return float(min(f / fl for f, fl in zip(self.full_ms, self.floor_ms)))
 
+    def refit(self, counts: dict[str, list[int]], dense_ms: list[float], ms: list[float]) -> "Table":
+        """This table with a whole model of widths `counts` measured at `ms` beside the dense model
+        at `dense_ms` (the same session, interleaved): that point becomes an anchor, so the table
+        predicts exactly the measured ratio there and interpolates between its anchors elsewhere."""
+        anchors = []
+        for k in range(len(self.shapes)):
+            x = self.layer_sum(k, counts)
+            if x <= 1e-9:  # nothing left to scale: the floor is what it is
+                anchors.append([list(a) for a in self.anchors[k]] if self.anchors else [[0.0, self.scale[k]]])
+                continue
+            in_table_units = ms[k] * self.full_ms[k] / dense_ms[k]  # the measured ratio, on the table's dense
+            factor = max(1e-6, in_table_units - self.floor_ms[k]) / x
+            full = self.layers * (self.attn(k, self.heads) + self.ffn_time(k, self.ffn))
+            old = [list(a) for a in (self.anchors[k] if self.anchors else [[full, self.scale[k]]])]
+            old = [a for a in old if abs(a[0] - x) > 1e-6 * max(1.0, x)]
+            anchors.append(sorted(old + [[round(x, 6), round(factor, 6)]]))
+        return replace(self, anchors=anchors)
+
+    def check_fits(self, config, shapes: list[list[int]], exporter: str, opset: int, source: str) -> None:
+        """Refuse (UserError) a table measured for another model shape, other bench shapes or
+        other graphs than the ones this run exports."""
+        from .errors import UserError
+
+        want = {"layers": config.num_hidden_layers, "heads": config.num_attention_heads,
+                "FFN width": getattr(config, "intermediate_size", None)}
+        have = {"layers": self.layers, "heads": self.heads, "FFN width": self.ffn}
+        for what in want:
+            if want[what] != have[what]:
+                raise UserError(f"{source}: measured for {have[what]} {what}, the model has {want[what]}: "
+                                "re-measure it for this model (drop prune.latency_table)")
+        if sorted(map(list, shapes)) != sorted(map(list, self.shapes)):
+            raise UserError(f"{source}: measured at shapes {self.shapes} (batch, seq), this run benches {shapes}: "
+                            "re-measure it, or bench at its shapes")
+        if self.exporter != exporter or self.opset != opset:
+            made = f"{self.exporter} opset {self.opset}" if self.exporter else "torch.onnx with eager attention"
+            raise UserError(f"{source}: timed graphs exported by {made}, this run ships {exporter} opset {opset} "
+                            "graphs: re-measure it with this p2d")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -79,41 +130,43 @@ class Table:
         return Table(**d)
 
 
-def _export(model, path: Path, shape: tuple[int, int]) -> None:
-    import torch
-
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.config.type_vocab_size > 1 else [])
-    b, s = shape
-    args = tuple(torch.ones(b, s, dtype=torch.long) for _ in names)
-    axes = {n: {0: "batch", 1: "seq"} for n in names}
-    model.config.return_dict = False
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notices
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), input_names=names, dynamic_axes=axes, opset_version=14, dynamo=False)
+EXPORTER = "optimum"
 
 
-def _variant(config, auto_class: str, layers: int, heads: int, ffn: int):
-    """A random-weight model of `config`'s shape with `layers` layers of `heads` heads and FFN `ffn`."""
+def _export(model, export_task: str, opset: int, path: Path) -> None:
+    from .onnx_export import export_model
+
+    export_model(model, export_task, opset, path)
+
+
+def _variant(config, auto_class: str, layers: int, heads, ffn):
+    """A random-weight model of `config`'s shape with `layers` layers of `heads` heads and FFN
+    `ffn` (each an int for every layer, or a list per layer), with the model's own attention."""
     import torch
     import transformers
 
     from .pruning.structures import shape
 
+    heads = [heads] * layers if isinstance(heads, int) else list(heads)
+    ffn = [ffn] * layers if isinstance(ffn, int) else list(ffn)
     cfg = config.__class__.from_dict({**config.to_dict(), "num_hidden_layers": layers, "pruned_heads": {}})
-    cfg._attn_implementation = "eager"  # exports plain MatMul/Softmax that every runtime runs
     n = cfg.num_attention_heads
-    if 0 < heads < n:
-        cfg.pruned_heads = {i: list(range(heads, n)) for i in range(layers)}
+    pruned = {i: list(range(h, n)) for i, h in enumerate(heads) if 0 < h < n}
+    if pruned:
+        cfg.pruned_heads = pruned
     torch.manual_seed(0)
     model = getattr(transformers, auto_class).from_config(cfg)
-    return shape(model, {"heads": [heads] * layers, "ffn": [ffn] * layers}).eval()
+    return shape(model, {"heads": heads, "ffn": ffn}).eval()
 
 
-def measure(config, auto_class: str, runtime: str, shapes: list[tuple[int, int]], threads: int,
-            inputs_for, warmup: int = 2, iters: int = 5, min_time_s: float = 0.2) -> Table:
+def measure(config, task, runtime: str, shapes: list[tuple[int, int]], threads: int, inputs_for, opset: int,
+            warmup: int = 2, iters: int = 5, min_time_s: float = 0.2) -> Table:
     """Time the variants on `runtime` (its registry name) at `shapes`; `inputs_for(b, s)` gives
-    the inputs (the same real examples the bench times)."""
+    the inputs (the same real examples the bench times); graphs exported as `task` ships them."""
+    from .machine import cpu_info
     from .runtimes.registry import get_runtime
+
+    auto_class = task.auto_class
 
     rt = get_runtime(runtime)
     L, H, W = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
@@ -125,7 +178,9 @@ def measure(config, auto_class: str, runtime: str, shapes: list[tuple[int, int]]
     with tempfile.TemporaryDirectory() as tmp, Bar(f"latency table on {runtime}", len(variants)) as bar:
         for kind, layers, heads, ffn in variants:
             path = Path(tmp) / f"{kind}-{layers}-{heads}-{ffn}.onnx"
-            _export(_variant(config, auto_class, layers, heads, ffn), path, shapes[0])
+            model = _variant(config, auto_class, layers, heads, ffn)
+            attn_impl = model.config._attn_implementation
+            _export(model, task.export_task, opset, path)
             row = []
             for b, s in shapes:
                 t, _ = rt.bench(path, inputs_for(b, s), threads, warmup, iters, min_time_s)
@@ -161,6 +216,10 @@ def measure(config, auto_class: str, runtime: str, shapes: list[tuple[int, int]]
         ffn_ms=[[round(float(x), 4) for x in f] for f in ffn],
         scale=[round(x, 4) for x in scale],
         anchors=fitted,
+        exporter=EXPORTER,
+        opset=opset,
+        attn_implementation=attn_impl,
+        cpu=cpu_info()["model"],
     )
     log(
         f"latency table on {runtime}: dense {', '.join(f'{t:.2f}' for t in full)} ms, floor "
@@ -169,7 +228,7 @@ def measure(config, auto_class: str, runtime: str, shapes: list[tuple[int, int]]
     return table
 
 
-def fastest_runtime(config, auto_class: str, shapes, threads: int, inputs_for) -> tuple[str, dict[str, float]]:
+def fastest_runtime(config, task, shapes, threads: int, inputs_for, opset: int) -> tuple[str, dict[str, float]]:
     """The production runtime on which the dense model runs fastest here (mean time over the shapes)."""
     from .runtimes.registry import get_runtime
     from .errors import UserError
@@ -177,8 +236,8 @@ def fastest_runtime(config, auto_class: str, shapes, threads: int, inputs_for) -
     seen: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "full.onnx"
-        _export(_variant(config, auto_class, config.num_hidden_layers, config.num_attention_heads,
-                         config.intermediate_size), path, shapes[0])
+        _export(_variant(config, task.auto_class, config.num_hidden_layers, config.num_attention_heads,
+                         config.intermediate_size), task.export_task, opset, path)
         for name in TARGETS:
             try:
                 rt = get_runtime(name)
@@ -189,3 +248,44 @@ def fastest_runtime(config, auto_class: str, shapes, threads: int, inputs_for) -
     if not seen:
         raise UserError("no production runtime to measure a latency target on (onnxruntime, openvino)")
     return min(seen, key=seen.get), seen
+
+
+class ShapeTimer:
+    """`timer(counts) -> (dense_ms, ms)` per shape: a random-weight model of widths `counts`,
+    exported as the artifact ships, timed on `runtime` beside the dense model, interleaved
+    (dense, pruned, dense, pruned, ...) `rounds` times; each figure the median of its rounds'
+    medians, so a drift of the machine moves both alike."""
+
+    def __init__(self, config, task, runtime: str, shapes, threads: int, inputs_for, opset: int,
+                 rounds: int = 3, warmup: int = 3, iters: int = 10, min_time_s: float = 0.5):
+        from .runtimes.registry import get_runtime
+
+        self.config, self.task, self.runtime, self.shapes = config, task, runtime, [tuple(s) for s in shapes]
+        self.rt, self.threads, self.inputs_for, self.opset = get_runtime(runtime), threads, inputs_for, opset
+        self.rounds, self.warmup, self.iters, self.min_time_s = rounds, warmup, iters, min_time_s
+        self._tmp = tempfile.TemporaryDirectory()
+        self._dense: Path | None = None
+
+    def _graph(self, counts: dict[str, list[int]], name: str) -> Path:
+        path = Path(self._tmp.name) / f"{name}.onnx"
+        L = self.config.num_hidden_layers
+        _export(_variant(self.config, self.task.auto_class, L, counts["heads"], counts["ffn"]),
+                self.task.export_task, self.opset, path)
+        return path
+
+    def __call__(self, counts: dict[str, list[int]]) -> tuple[list[float], list[float]]:
+        L, H, W = self.config.num_hidden_layers, self.config.num_attention_heads, self.config.intermediate_size
+        if self._dense is None:
+            self._dense = self._graph({"heads": [H] * L, "ffn": [W] * L}, "dense")
+        pruned = self._graph(counts, "pruned")
+        dense_ms, ms = [], []
+        for b, s in self.shapes:
+            x = self.inputs_for(b, s)
+            d, p = [], []
+            for _ in range(self.rounds):
+                for path, into in ((self._dense, d), (pruned, p)):
+                    t, _ = self.rt.bench(path, x, self.threads, self.warmup, self.iters, self.min_time_s)
+                    into.append(float(np.median(t)))
+            dense_ms.append(round(float(np.median(d)), 4))
+            ms.append(round(float(np.median(p)), 4))
+        return dense_ms, ms

@@ -3,6 +3,7 @@ torch masks, and output parity against PyTorch."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,34 +18,46 @@ from .inference import logits_of
 
 def export_onnx(model_dir: str | Path, task, opset: int, dest: Path) -> None:
     """Export with optimum into a temp dir, then move model.onnx to `dest`."""
-    import logging
-    import warnings
-
-    from optimum.exporters.onnx import main_export
-    from transformers.utils import logging as hf_logging
-
     from .models import load_config, load_model
 
     compact = bool(getattr(load_config(str(model_dir)), "p2d_structure", None))
+    if compact:  # per-layer widths: built by p2d's loader, exported from the model object
+        export_model(load_model(str(model_dir), task.auto_class), task.export_task, opset, dest)
+        return
+    from optimum.exporters.onnx import main_export  # imported first: its import sets its loggers' levels
+
+    with _quiet() as tmp:
+        main_export(str(model_dir), tmp, task=task.export_task, opset=opset, do_validation=False, local_files_only=True)
+        shutil.move(str(Path(tmp) / "model.onnx"), dest)
+
+
+def export_model(model, export_task: str, opset: int, dest: Path) -> None:
+    """Export a model object the way every shipped graph is exported (optimum, `opset`, the
+    model's own attention implementation): what the latency table and the latency loop time."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    with _quiet() as tmp:
+        onnx_export_from_model(model, tmp, opset=opset, task=export_task, do_validation=False)
+        shutil.move(str(Path(tmp) / "model.onnx"), dest)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """A temp dir for optimum's output, with its and transformers' logging at errors only."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("optimum").setLevel(logging.ERROR)
         hf_logging.set_verbosity_error()
         try:
-            if compact:  # per-layer widths: built by p2d's loader, exported from the model object
-                from optimum.exporters.onnx import onnx_export_from_model
-
-                model = load_model(str(model_dir), task.auto_class)
-                onnx_export_from_model(model, tmp, opset=opset, task=task.export_task, do_validation=False)
-            else:
-                main_export(
-                    str(model_dir), tmp, task=task.export_task, opset=opset, do_validation=False, local_files_only=True
-                )
+            yield tmp
         finally:
             hf_logging.set_verbosity(verbosity)
-        shutil.move(str(Path(tmp) / "model.onnx"), dest)
-
 
 
 def verify_against_masks(model, masks: dict, onnx_path: Path) -> dict:

@@ -74,6 +74,9 @@ class PruneConfig:
     # uniform: the same widths in every layer (squad 2x on an H200: 96.3% of dense F1 vs per_layer's 94.7%;
     # plain transformers loads it); per_layer: each layer its own
     widths: str = "uniform"
+    # the final widths (and, before training, the table) are measured on the target runtime as
+    # the artifact ships, and corrected until the target holds at every bench shape
+    latency_loop: bool = True
     kd_hidden: float = 0.0  # weight of token-level hidden-state distillation (ZipLM), added to the KD loss
     include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
     include_head: bool = False
@@ -128,6 +131,9 @@ class BenchConfig:
     accuracy_examples: int = 200
     accuracy_tolerance: float = 5.0  # "off" is broken, not a runtime's own rounding: the gate judges the rest
     accuracy_gate: float = 0.95  # the verdict ships the fastest artifact keeping this fraction of dense accuracy
+    # a calibrated static INT8 of the dense model is timed and scored on every runtime that runs
+    # INT8, with or without --quantize: the best dense option a user could ship includes it
+    dense_int8: bool = True
 
 
 @dataclass(frozen=True)

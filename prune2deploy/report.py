@@ -131,6 +131,7 @@ def structured_summary(prune: dict, export: dict, rows: list[dict]) -> dict:
         "target_speedup": prune.get("target_speedup"),
         "latency_runtime": prune.get("latency_runtime"),
         "predicted_speedup": prune.get("predicted_speedup"),
+        "latency_loop": prune.get("latency_loop"),
         "widths": prune.get("widths"),
         "full_widths": prune.get("full_widths"),
         "parameters": export.get("parameters"),
@@ -198,10 +199,27 @@ def summary_notes(report: dict) -> list[str]:
     missing = cpu_runtimes(report.get("bench_skipped") or [])
     if missing:
         notes.append("not benched: " + "; ".join(not_installed(n) for n in missing))
+    line = _loop_line(report.get("structured"))
+    if line:
+        notes.append(line)
     v = report.get("verdict")
     if v:
         notes.append(v["line"])
     return notes
+
+
+def _loop_line(st: dict | None) -> str | None:
+    """One line: the target, the table's prediction and the latency loop's measurement per shape."""
+    final = ((st or {}).get("latency_loop") or {}).get("final")
+    if not final or not final.get("measured_speedup"):
+        return None
+    keys = list(final["measured_speedup"])
+    at = " / ".join(k.split("s")[0] for k in keys)
+    pred = " / ".join(f"{final['predicted_speedup'][k]:.2f}x" for k in keys)
+    meas = " / ".join(f"{final['measured_speedup'][k]:.2f}x" for k in keys)
+    verdict = "met" if final.get("met") else "MISSED"
+    return (f"--speedup {final['target_speedup']:g} {verdict} on {final['runtime']} at {at}: table predicted {pred}, "
+            f"measured {meas} (random-weight twin vs dense, interleaved; the bench below times the trained graphs)")
 
 
 # The bench table's columns, one table for the terminal (`print_bench`) and the HTML page:

@@ -233,6 +233,10 @@ def preflight(recipe: Recipe) -> None:
     from .runtimes.registry import resolve
 
     resolve(recipe.bench.runtimes)  # a runtime asked for by name must be installed
+    if recipe.prune.target_speedup and recipe.prune.latency_table:  # a reused table must fit this run
+        from .stages.latency import reused_table
+
+        reused_table(recipe)
 
 
 def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:

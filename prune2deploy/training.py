@@ -363,9 +363,11 @@ def input_hessians(model, features, tokenizer, modules: dict, n: int, batch_size
 
         def hook(name):
             def f(mod, args):
-                x = args[0].detach().float()
+                x = args[0].detach()
                 x = x[keep["mask"]] if x.dim() == 3 else x.reshape(-1, x.shape[-1])
-                h = (x.T @ x).double()
+                with torch.autocast(x.device.type, enabled=False):  # the product in float64, not bf16
+                    x = x.double()
+                    h = x.T @ x
                 acc[name] = h if acc[name] is None else acc[name] + h
             return f
 

@@ -231,16 +231,22 @@ def test_unreachable_speedup_writes_nothing(tmp_path, tiny_model_dir):
     assert not out.exists()
 
 
+def table_shapes(run):
+    return Table.from_dict(json.loads((run / "latency" / "table.json").read_text())).shapes
+
+
 def test_speedup_smoke_pipeline_ships_a_smaller_verified_model(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     res = p2d_smoke("squad", tiny_model_dir, out, "--speedup", "1.5", "--method", "ziplm")
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads((out / "report.json").read_text())
     st = rep["structured"]
-    assert st["target_speedup"] == 1.5 and st["predicted_speedup"] >= 1.5
+    assert st["target_speedup"] == 1.5
+    loop = st["latency_loop"]["final"]  # the shipped widths were measured on the target runtime
+    assert loop["rounds"]
+    assert any({"heads": r["heads"], "ffn": r["ffn"]} == st["widths"] for r in loop["rounds"])
+    assert set(loop["measured_speedup"]) == {f"b{b}s{s}" for b, s in table_shapes(out)}
     assert st["parameters"]["pruned"] < st["parameters"]["dense"]
-    table = Table.from_dict(json.loads((out / "latency" / "table.json").read_text()))
-    assert table.relative(st["widths"]) <= 1 / 1.5 + 1e-9
     exp = json.loads((out / "export" / "stage.json").read_text())["result"]
     assert exp["widths"] == st["widths"] and exp["tensors_verified"] > 0
     assert exp["max_abs_diff"] <= exp["atol"]  # ONNX of the compact model = the masked model trained
@@ -253,26 +259,6 @@ def test_speedup_smoke_pipeline_ships_a_smaller_verified_model(tmp_path, tiny_mo
     assert res.returncode == 0, res.stderr[-2000:]
     res = p2d("verify", art)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-
-
-def test_latency_table_measures_every_width(tiny_model_dir):
-    from prune2deploy.latency_table import measure
-    from prune2deploy.models import load_config
-
-    cfg = load_config(str(tiny_model_dir))
-
-    def inputs_for(b, s):
-        return {"input_ids": np.full((b, s), 1000, np.int64), "attention_mask": np.ones((b, s), np.int64),
-                "token_type_ids": np.zeros((b, s), np.int64)}
-
-    t = measure(cfg, "AutoModelForQuestionAnswering", "onnxruntime", [(1, 16)], 1, inputs_for, 1, 2, 0.0)
-    assert len(t.attn_ms[0]) == cfg.num_attention_heads + 1 and t.attn_ms[0][0] == 0.0
-    assert t.ffn_widths[0] == 0 and t.ffn_widths[-1] == cfg.intermediate_size
-    assert all(np.diff(t.attn_ms[0]) >= 0) and all(np.diff(t.ffn_ms[0]) >= 0)
-    full = {"heads": [cfg.num_attention_heads] * cfg.num_hidden_layers,
-            "ffn": [cfg.intermediate_size] * cfg.num_hidden_layers}
-    if t.full_ms[0] > t.floor_ms[0]:  # (timing noise on a model this small can invert them)
-        assert t.ms(full)[0] == pytest.approx(t.full_ms[0], rel=1e-2)  # the per-layer times sum to the whole
 
 
 def test_speedup_with_static_int8_quantizes_the_compact_model(tmp_path, tiny_model_dir):

@@ -27,13 +27,14 @@ class GMP:
     Settings = Settings
 
     def __init__(self, settings: Settings, scope: str, pattern: str | None, *, structure=None, latency=None,
-                 widths: str = "per_layer", **resources):
+                 widths: str = "per_layer", timer=None, final_sparsity=None, **resources):
         self.scope, self.pattern = scope, pattern
         self.structured = None
         if pattern == M.STRUCTURED:
             from .structured import StructuredPruner
 
-            self.structured = StructuredPruner("magnitude", structure, latency, widths == "uniform")
+            self.structured = StructuredPruner("magnitude", structure, latency, widths == "uniform", timer=timer,
+                                               final_sparsity=final_sparsity)
 
     @property
     def history(self) -> list[dict]:

@@ -24,6 +24,7 @@ import torch
 from ..progress import log
 from . import masks as M
 from .allocation import Curve, _step, allocate
+from .latency_loop import close_loop
 from .structures import Structure, counts
 
 
@@ -110,20 +111,25 @@ def obs_update(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch
 
 
 class StructuredPruner:
-    """The structured prune step for a latency table and a criterion ("magnitude" or "obs")."""
+    """The structured prune step for a latency table and a criterion ("magnitude" or "obs").
+
+    With a `timer` (`latency_table.ShapeTimer`, on rank 0), the final event's widths go through
+    the latency loop (`latency_loop.close_loop`): measured on the target runtime until they meet
+    the target at every shape; `prepare` runs the same loop before training, on the untrained
+    model's curves, so every event's budget is met on a table corrected by measurement."""
 
     def __init__(self, criterion: str, structure: Structure, latency, uniform: bool = False,
-                 hessians=None, damp: float = 0.01):
+                 hessians=None, damp: float = 0.01, timer=None, final_sparsity: float | None = None):
         if latency is None or structure is None:
             raise ValueError("structured pruning needs a structure and a latency table")
         self.criterion, self.structure, self.table, self.uniform = criterion, structure, latency, uniform
         self.hessians, self.damp = hessians, damp
+        self.timer, self.final_sparsity = timer, final_sparsity
         self.history: list[dict] = []
+        self.loops: dict[str, dict] = {}  # "before_training" / "final": the latency loop's record
 
-    @torch.no_grad()
-    def prune_step(self, modules: dict, sparsity: float) -> None:
-        budget = 1.0 - sparsity
-        st = self.structure
+    def _curves(self, modules: dict):
+        st, inv = self.structure, None
         if self.criterion == "obs":
             names = [n for layer in st.layers for n in (layer.names["o"], layer.names["f"])]
             H = {n: h.to(modules[n].weight.device) for n, h in self.hessians(names).items()}
@@ -137,7 +143,48 @@ class StructuredPruner:
                 ffn.append(obs_curve(modules[f].weight.detach(), inv[f], 1, set(range(layer.ffn)) - set(neurons)))
         else:
             attn, ffn = magnitude_curves(st, modules)
-        removed = allocate(attn, ffn, self.table, budget, self.uniform)
+        return attn, ffn, inv
+
+    def _search(self, attn, ffn, budget: float):
+        st = self.structure
+
+        def search(table):
+            removed = allocate(attn, ffn, table, budget, self.uniform)
+            counts = {"heads": [layer.heads - r for layer, r in zip(st.layers, removed["attn"])],
+                      "ffn": [layer.ffn - r for layer, r in zip(st.layers, removed["ffn"])]}
+            loss = sum(c.loss[r] for c, r in zip(attn, removed["attn"])) + sum(
+                c.loss[r] for c, r in zip(ffn, removed["ffn"]))
+            return removed, counts, loss
+
+        return search
+
+    def _loop(self, attn, ffn, budget: float, name: str):
+        res = close_loop(self._search(attn, ffn, budget), self.table, self.timer, 1.0 / budget,
+                         label=f" ({name.replace('_', ' ')})")
+        self.table = res.table
+        self.loops[name] = res.record(round(1.0 / budget, 4), self.table.shapes)
+        return res
+
+    @torch.no_grad()
+    def prepare(self, modules: dict) -> None:
+        """Before training: the latency loop on the untrained model's curves at the final target
+        (no mask or weight changes; the table is corrected for every event that follows)."""
+        if self.timer is None or self.final_sparsity is None:
+            return
+        attn, ffn, _ = self._curves(modules)
+        self._loop(attn, ffn, 1.0 - self.final_sparsity, "before_training")
+
+    @torch.no_grad()
+    def prune_step(self, modules: dict, sparsity: float) -> None:
+        budget = 1.0 - sparsity
+        st = self.structure
+        attn, ffn, inv = self._curves(modules)
+        final = self.final_sparsity is not None and abs(sparsity - self.final_sparsity) < 1e-9
+        if self.timer is not None and final:
+            res = self._loop(attn, ffn, budget, "final")
+            removed = res.chosen.removal if res.chosen else self._search(attn, ffn, budget)(self.table)[0]
+        else:
+            removed = allocate(attn, ffn, self.table, budget, self.uniform)
         before = st.kept(modules)
         kept = {
             "heads": [sorted(c.order[r:]) for c, r in zip(attn, removed["attn"])],

@@ -30,12 +30,13 @@ class ZipLM:
     Settings = Settings
 
     def __init__(self, settings: Settings, scope: str, pattern: str | None, *, structure=None, latency=None,
-                 widths: str = "per_layer", hessians=None, **resources):
-        self.pruner = StructuredPruner("obs", structure, latency, widths == "uniform", hessians, settings.damp)
+                 widths: str = "per_layer", hessians=None, timer=None, final_sparsity=None, **resources):
+        self.structured = StructuredPruner("obs", structure, latency, widths == "uniform", hessians, settings.damp,
+                                           timer=timer, final_sparsity=final_sparsity)
 
     @property
     def history(self) -> list[dict]:
-        return self.pruner.history
+        return self.structured.history
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
-        self.pruner.prune_step(modules, sparsity)
+        self.structured.prune_step(modules, sparsity)

@@ -2,8 +2,10 @@
 
 Picks the target runtime (`prune.latency_runtime`; "auto": the production runtime on which the
 dense model is fastest here, measured), times one layer's attention at every head count and
-FFN at a grid of widths at the recipe's bench shapes (`latency_table.measure`), and refuses a
-target that removing every head and neuron could not reach, before any training.
+FFN at a grid of widths at the recipe's bench shapes (`latency_table.measure`, graphs exported
+as the artifact ships), and refuses a target that removing every head and neuron could not
+reach, before any training. A reused table (`prune.latency_table`) is checked against the
+model, the bench shapes and the exporter (`run.preflight` does the same before anything is written).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ..models import load_config, load_tokenizer
 from .common import StageContext, inputs_cache, setup
 
 NEEDS = ()
-READS = ("task", "model", "prune", "bench", "threads")
+READS = ("task", "model", "prune", "bench", "threads", "export")
 PARALLEL = False
 
 
@@ -27,13 +29,7 @@ def run(ctx: StageContext) -> dict:
     if not p.target_speedup:
         return {"structured": False}
     if p.latency_table:  # measured on the target machine, reused here (e.g. training on a GPU box)
-        from ..files import read_json
-        from ..latency_table import Table
-
-        try:
-            table = Table.from_dict(read_json(p.latency_table))
-        except (OSError, ValueError, TypeError) as e:
-            raise UserError(f"prune.latency_table {p.latency_table}: not a p2d latency table ({e})") from None
+        table = reused_table(recipe)
         _check_reachable(p.target_speedup, table)
         write_json_atomic(out / "table.json", table.to_dict())
         return {"structured": True, "runtime": table.runtime, "table": "latency/table.json", "from": p.latency_table,
@@ -50,8 +46,8 @@ def run(ctx: StageContext) -> dict:
     candidates = None
     runtime = p.latency_runtime
     if runtime == "auto":
-        runtime, candidates = fastest_runtime(config, task.auto_class, shapes, threads, inputs_for)
-    table = measure(config, task.auto_class, runtime, shapes, threads, inputs_for)
+        runtime, candidates = fastest_runtime(config, task, shapes, threads, inputs_for, recipe.export.opset)
+    table = measure(config, task, runtime, shapes, threads, inputs_for, recipe.export.opset)
     _check_reachable(p.target_speedup, table)
     write_json_atomic(out / "table.json", table.to_dict())
     return {
@@ -62,6 +58,30 @@ def run(ctx: StageContext) -> dict:
         "max_speedup": round(table.max_speedup(), 3),
         "threads": threads,
     }
+
+
+def reused_table(recipe):
+    """`prune.latency_table`, read and checked: a p2d table, for this model's layers, heads and
+    FFN width, at this run's bench shapes, timed on graphs exported as this run exports them,
+    on a runtime installed here. UserError otherwise."""
+    from ..files import read_json
+    from ..latency_table import EXPORTER, Table
+    from ..models import resolve_model
+    from ..runtimes.registry import get_runtime
+
+    p = recipe.prune
+    source = f"prune.latency_table {p.latency_table}"
+    try:
+        table = Table.from_dict(read_json(p.latency_table))
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{source}: not a p2d latency table ({e})") from None
+    shapes = [[b, s] for b in recipe.bench.batch_sizes for s in recipe.bench.seq_lens]
+    table.check_fits(load_config(resolve_model(recipe.model)), shapes, EXPORTER, recipe.export.opset, source)
+    try:
+        get_runtime(table.runtime)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    return table
 
 
 def _check_reachable(speedup: float, table) -> None:

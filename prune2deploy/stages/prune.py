@@ -93,10 +93,13 @@ def run(ctx: StageContext) -> dict:
         from ..files import read_json
         from ..pruning.structures import Structure
 
+        table = Table.from_dict(read_json(ctx.path("latency", "table")))
         resources = {
             "structure": Structure.of(student, modules),
-            "latency": Table.from_dict(read_json(ctx.path("latency", "table"))),
+            "latency": table,
             "widths": p.widths,
+            "timer": _timer(ctx, task, tokenizer, student.config, table),
+            "final_sparsity": plan.prune_steps[-1][1] if plan.prune_steps else None,
         }
         if hasattr(settings, "calibration_examples"):
             resources["hessians"] = input_hessians(
@@ -113,6 +116,8 @@ def run(ctx: StageContext) -> dict:
         events=[step for step, _ in plan.prune_steps],
         **resources,
     )
+    if structured and getattr(method, "structured", None) is not None:
+        method.structured.prepare(modules)  # the latency loop before training (rank 0, when it can time)
     cfg = FitConfig(
         total_steps=plan.total_steps,
         batch_size=p.batch_size,
@@ -168,6 +173,31 @@ def run(ctx: StageContext) -> dict:
         "scope": p.scope,
         **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks),
     }
+
+
+def _timer(ctx, task, tokenizer, config, table):
+    """The latency loop's timer (`latency_table.ShapeTimer`) on the table's runtime, or None: the
+    loop off, another rank (rank 0 measures; its masks are broadcast), or a table measured on
+    another CPU (a reused table: this machine's timings would not be the target's)."""
+    import torch
+
+    from ..latency_table import ShapeTimer
+    from ..machine import cpu_info
+    from ..progress import log
+    from .common import inputs_cache
+
+    recipe = ctx.recipe
+    if not recipe.prune.latency_loop or D.rank() != 0:
+        return None
+    here = cpu_info()["model"]
+    if table.cpu and table.cpu != here:
+        log(f"[yellow]latency loop off: the table was measured on {table.cpu}, this is {here}; the widths are "
+            "the table's prediction (measure them there: p2d bench)[/yellow]")
+        return None
+    _, dev, _ = task.load(recipe)
+    inputs_for = inputs_cache(task, tokenizer, task.sample_inputs(dev, 64))
+    return ShapeTimer(config, task, table.runtime, table.shapes, recipe.threads or torch.get_num_threads(),
+                      inputs_for, recipe.export.opset)
 
 
 def _schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks) -> dict:
@@ -226,6 +256,8 @@ def _finish_structured(ctx, student, tokenizer, modules, masks, resources, metho
         "latency_runtime": table.runtime,
         "predicted_speedup": round(1.0 / table.relative(widths), 4),
         "predicted_ms": [round(x, 3) for x in table.ms(widths)],
+        # the latency loop: target, predicted and measured speedup per shape, before training and at the end
+        "latency_loop": getattr(getattr(method, "structured", None), "loops", {}) or None,
         "dense_ms": table.full_ms,
         "shapes": table.shapes,
         "widths": widths,
