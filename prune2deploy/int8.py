@@ -165,12 +165,15 @@ def check_zeros_kept(fp32_path: Path, int8_path: Path, tensors: list[str]) -> di
 class OnnxAsModel:
     """Just enough of a transformers model for the tasks' evaluate(): eval(), __call__(**tensors)."""
 
-    def __init__(self, path: Path, threads: int, output_names: tuple[str, ...], session=None):
-        """`session(path, threads) -> run`: the runtime to run it on (default ONNX Runtime)."""
+    def __init__(self, path: Path, threads: int, output_names: tuple[str, ...], session=None, config=None):
+        """`session(path, threads) -> run`: the runtime to run it on (default ONNX Runtime);
+        `config`: the model's (default: the config.json beside the graph, as export writes it),
+        which a task's evaluation may read (token classification: its label names)."""
         from .runtimes import onnxruntime as ort_rt
 
         self.run = (session or ort_rt.load)(path, threads)
         self.output_names = output_names
+        self.config = config if config is not None else _config_beside(Path(path))
 
     def eval(self):
         return self
@@ -180,3 +183,11 @@ class OnnxAsModel:
 
         outs = self.run({k: v.cpu().numpy().astype(np.int64) for k, v in kw.items()})
         return SimpleNamespace(**{n: torch.from_numpy(o) for n, o in zip(self.output_names, outs)})
+
+
+def _config_beside(path: Path):
+    if not (path.parent / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path.parent), trust_remote_code=False)

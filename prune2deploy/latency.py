@@ -100,7 +100,8 @@ def bench_models(
         )
         row["max_abs_diff"] = round(diff, 6)
         tol = tolerance(precision, refs[(label, b, s)])
-        acc = accuracy(label, rt.name) if accuracy is not None and precision == "int8" else None
+        # INT8 and bf16 rows are scored on their runtime, in their precision (fp32 rows: the model's own)
+        acc = accuracy(label, rt.name) if accuracy is not None and precision in ("int8", "bf16") else None
         if acc is not None:  # what the user gets: the task metric of this graph on this runtime
             ref_acc = accuracy(label, "onnxruntime")
             row["accuracy"], row["accuracy_onnxruntime"] = round(acc, 3), round(ref_acc, 3)
@@ -111,7 +112,7 @@ def bench_models(
                     "not timed"
                 )})
                 continue
-        elif diff > tol:
+        if (precision != "int8" or acc is None) and diff > tol:  # bf16 keeps its logits check too
             against = "ONNX Runtime on the same INT8 graph" if precision == "int8" else "PyTorch"
             error = f"outputs differ from {against} by {diff:.3g} (> {tol:g} for {precision}); not timed"
             rows.append({**row, "error": error})

@@ -114,6 +114,9 @@ class ExportConfig:
     qat_lr: float = 1e-5
     calibration: str = "minmax"  # int8-static activation ranges: minmax | percentile-P (e.g. percentile-99.999)
     calibration_examples: int = 256  # train inputs the ranges come from (never the scored dev data); percentile: <= 64
+    # a calibrated static INT8 of the dense model, with or without --quantize: the bench times and
+    # scores it on every runtime that runs INT8, so the best dense option a user could ship includes it
+    dense_int8: bool = True
     qat_weights: str = "per_tensor"  # the weight rounding QAT learns: per_tensor (the MatMulInteger graph `package --int8` ships) | per_channel (the QDQ graph)  # noqa: E501 - one message/literal
 
 
@@ -131,9 +134,6 @@ class BenchConfig:
     accuracy_examples: int = 200
     accuracy_tolerance: float = 5.0  # "off" is broken, not a runtime's own rounding: the gate judges the rest
     accuracy_gate: float = 0.95  # the verdict ships the fastest artifact keeping this fraction of dense accuracy
-    # a calibrated static INT8 of the dense model is timed and scored on every runtime that runs
-    # INT8, with or without --quantize: the best dense option a user could ship includes it
-    dense_int8: bool = True
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,9 @@ def run(ctx: StageContext) -> dict:
     q = ctx.result("quantize")
     if q.get("quantize", "none") != "none":  # INT8 rows, each checked against ORT on its own graph
         models["sparse-int8"] = {"onnx": ctx.path("quantize", "path"), "hf": None, "precision": "int8"}
-        if q.get("dense_path"):  # the dense model quantized the same way: a "best dense" candidate
-            models["dense-int8"] = {"onnx": ctx.path("quantize", "dense_path"), "hf": None, "precision": "int8"}
+    if q.get("dense_path"):  # the dense model in INT8 (with or without --quantize): a "best dense" candidate
+        models["dense-int8"] = {"onnx": ctx.path("quantize", "dense_path"), "hf": None, "precision": "int8"}
+    if q.get("quantize", "none") != "none":
         for label, field in (("sparse-int8-mmi", "mmi_path"), ("dense-int8-mmi", "dense_mmi_path")):
             if q.get(field):  # DeepSparse's INT8 layout (static only), timed on every runtime all the same
                 models[label] = {"onnx": ctx.path("quantize", field), "hf": None, "precision": "int8"}
@@ -79,6 +80,13 @@ def run(ctx: StageContext) -> dict:
         ),
         accuracy,
     )
+    # like for like: every row scored here (INT8 and bf16, each on its runtime) sits beside the
+    # dense fp32 model scored on the same dev examples
+    if any("accuracy" in r for r in rows):
+        dense_here = accuracy("dense", "onnxruntime")
+        for r in rows:
+            if "accuracy" in r:
+                r["accuracy_dense"], r["accuracy_examples"] = round(dense_here, 3), len(accuracy_dev)
     write_json_atomic(out / "bench.json", rows)
     (out / "bench.md").write_text(markdown(rows))
     chart(

@@ -45,6 +45,8 @@ def run(ctx: StageContext) -> dict:
     recipe, out = ctx.recipe, ctx.out
     mode = recipe.export.quantize
     if mode == "none":
+        if recipe.export.dense_int8:
+            return _dense_int8_only(ctx)
         write_json_atomic(out / "quantize.json", {"quantize": "none"})
         return {"quantize": "none"}
     import torch
@@ -136,3 +138,28 @@ def run(ctx: StageContext) -> dict:
         "tensors": len(checked),
         "qat": qat_info,
     }
+
+
+def _dense_int8_only(ctx: StageContext) -> dict:
+    """Without --quantize: the dense model's calibrated static INT8 (per-channel QDQ, ranges from
+    train inputs) alone, the best dense option a user could ship instead of pruning; the bench
+    times it on every runtime and scores it on its dev subset (no evaluation here)."""
+    recipe, out = ctx.recipe, ctx.out
+    e = recipe.export
+    task, _ = setup(recipe)
+    dense = ctx.path("export", "dense_path")
+    train, _, _ = task.load(recipe)
+    tokenizer = load_tokenizer(str(dense.parent))
+    n = calibration_count(e.calibration, e.calibration_examples)
+    batches = calibration_batches(task, tokenizer, train, recipe.data.max_length, n=n)
+    quantize_int8_static(dense, out / "dense.int8.onnx", batches, calibration=e.calibration)
+    for f in dense.parent.iterdir():  # tokenizer and config beside the graph, as with --quantize
+        if f.is_file() and f.suffix != ".onnx" and f.name != "stage.json":
+            shutil.copy2(f, out / f.name)
+    examples = sum(len(next(iter(b.values()))) for b in batches)
+    record = {"quantize": "none", "dense_int8": {"method": "int8-static", "calibration": e.calibration,
+                                                 "examples": examples, "split": "train"}}
+    write_json_atomic(out / "quantize.json", record)
+    log(f"quantize: the dense model's static INT8 (calibrated on {examples} train inputs), the baseline the bench "
+        "compares with")
+    return {**record, "dense_path": "quantize/dense.int8.onnx"}
