@@ -55,16 +55,25 @@ def step_rate(recipe, task, train, labels) -> float:
     return batch_size / min(times[1:])
 
 
-def cached_rate(recipe, run_dir: Path, measure) -> float:
-    """The step rate measured once per model, length, batch, precision and CPU, kept beside the
-    run dirs (`<runs>/_fit/`): runs of the same data on this machine get the same sizes, and so
-    share their teacher (cached by its recipe)."""
+def data_digest(train, batch_size: int) -> str:
+    """What the step rate depends on in the data: the examples `step_rate` times (their lengths)."""
+    from .files import sha256_json
+
+    return sha256_json([dict(r) for r in train.select(range(min(len(train), batch_size * 2)))])[:16]
+
+
+def cached_rate(recipe, run_dir: Path, measure, data: str = "") -> float:
+    """The step rate measured once per model, length, batch, precision, CPU and data (`data`:
+    `data_digest` of the examples timed), kept beside the run dirs (`<runs>/_fit/`): runs of the
+    same data on this machine get the same sizes, and so share their teacher (cached by its recipe);
+    other data, with other lengths, is measured again."""
     from .files import sha256_json, write_json_atomic
     from .machine import cpu_label
 
     key = {"model": recipe.model, "task": recipe.task, "max_length": recipe.data.max_length,
            "batch_size": recipe.teacher.batch_size, "precision": recipe.precision,
-           "attention_dropout": recipe.attention_dropout, "threads": recipe.threads, "cpu": cpu_label()}
+           "attention_dropout": recipe.attention_dropout, "threads": recipe.threads, "cpu": cpu_label(),
+           "data": data}
     path = Path(run_dir).resolve().parent / "_fit" / f"rate-{sha256_json(key)[:16]}.json"
     if path.is_file():
         try:
@@ -95,7 +104,8 @@ def fit_to_data(recipe, run_dir: Path, force: bool = False):
     task = get_task(recipe.task)
     train, _, info = task.load(recipe)
     labels = info.get("labels")  # a label set from the user's data (with the rows just read)
-    rate = cached_rate(recipe, Path(run_dir), lambda: step_rate(recipe, task, train, labels))
+    rate = cached_rate(recipe, Path(run_dir), lambda: step_rate(recipe, task, train, labels),
+                       data_digest(train, recipe.teacher.batch_size))
     n = len(train)
     t, p = recipe.teacher, recipe.prune
     passes = TRAINING_SHARE * d.time_budget_min * 60 * rate  # example-passes the budget holds
@@ -103,8 +113,7 @@ def fit_to_data(recipe, run_dir: Path, force: bool = False):
     scale = passes / cost
     examples, epoch_scale = n, 1.0
     if scale < 1:
-        examples = max(MIN_EXAMPLES, int(n * scale) // 100 * 100 or n)
-        examples = min(examples, n)
+        examples = min(n, max(MIN_EXAMPLES, int(n * scale) // 100 * 100))  # a floor, never "all"
     else:
         epoch_scale = min(MAX_EPOCH_SCALE, round(scale * 4) / 4)
     ep = lambda v: round(v * epoch_scale, 3)  # noqa: E731

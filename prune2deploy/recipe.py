@@ -397,7 +397,7 @@ def validate(r: Recipe) -> None:
         raise UserError(f"--pattern: {e}") from None
     structured = r.prune.pattern == "structured"
     if r.prune.target_speedup is not None:
-        if not r.prune.target_speedup > 1.0:
+        if not (r.prune.target_speedup > 1.0 and math.isfinite(r.prune.target_speedup)):
             raise UserError(f"--speedup must be a number > 1, got {r.prune.target_speedup:g}")
         if not structured:
             raise UserError(

@@ -219,16 +219,36 @@ def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, k
     return record
 
 
+def _check_latency_runtime(name: str) -> None:
+    """A latency target's runtime must run here, in its precision."""
+    from .machine import cpu_info
+    from .runtimes.registry import get_runtime
+
+    rt = get_runtime(name)  # installed (UserError otherwise)
+    isa = cpu_info()["isa"]
+    if rt.precision == "bf16" and rt.device == "cpu" and not {"avx512_bf16", "amx_bf16"} & set(isa):
+        raise UserError(f"prune.latency_runtime={name}: this CPU has no bf16 (avx512_bf16 or AMX), OpenVINO would "
+                        "run fp32 there: use openvino or auto")
+
+
 def preflight(recipe: Recipe) -> None:
     """Fail on a bad model, teacher or data before anything is written."""
-    from .models import check_weights, load_config, resolve_model
+    from .models import STRUCTURED_TYPES, check_weights, load_config, resolve_model
     from .tasks.registry import get_task
 
     for spec in (recipe.model, recipe.teacher.path):
         if spec:
             path = resolve_model(spec)
-            load_config(path)
+            config = load_config(path)
             check_weights(path)
+            if recipe.prune.target_speedup and config.model_type not in STRUCTURED_TYPES:
+                raise UserError(
+                    f"--speedup removes heads and FFN neurons from BERT-style layers "
+                    f"({', '.join(sorted(STRUCTURED_TYPES))}); '{spec}' is a {config.model_type}: "
+                    "use --sparsity, or a model of those types"
+                )
+    if recipe.prune.target_speedup and recipe.prune.latency_runtime != "auto":
+        _check_latency_runtime(recipe.prune.latency_runtime)
     get_task(recipe.task).load(recipe)
     from .runtimes.registry import resolve
 

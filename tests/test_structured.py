@@ -200,7 +200,7 @@ def test_structured_pruner_step_masks_and_history():
     st.check(M.get_masks(mods))
     widths = {"heads": [len(h) for h in kept["heads"]], "ffn": [len(f) for f in kept["ffn"]]}
     assert t.relative(widths) <= 0.5 + 1e-9
-    assert pruner.history[-1]["predicted_speedup"] >= 2.0
+    assert {k: pruner.history[-1][k] for k in ("heads", "ffn")} == widths  # the record is what the masks keep
     before = kept
     pruner.prune_step(mods, 0.6)  # a later step never brings a structure back
     after = st.kept(mods)
@@ -213,6 +213,8 @@ def test_structured_pruner_step_masks_and_history():
     [
         (["--speedup", "1"], ["--speedup must be a number > 1"]),
         (["--speedup", "fast"], ["--speedup must be a number > 1"]),
+        (["--speedup", "inf"], ["--speedup must be a number > 1"]),
+        (["--speedup", "nan"], ["--speedup must be a number > 1"]),
         (["--speedup", "2", "--sparsity", "0.8"], ["two targets"]),
         (["--speedup", "2", "--pattern", "2:4"], ["not '2:4'"]),
         (["--speedup", "2", "--method", "obert"], ["not obert"]),
@@ -222,6 +224,32 @@ def test_structured_pruner_step_masks_and_history():
 )
 def test_speedup_bad_input(args, needles):
     assert_user_error(p2d("run", "squad", "--profile", "smoke", *args), *needles)
+
+
+def test_speedup_on_a_model_it_cannot_restructure_is_refused_before_anything_runs(tmp_path):
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    from prune2deploy.models import resolve_model
+
+    d = tmp_path / "tiny-distilbert"
+    torch.manual_seed(0)
+    DistilBertModel(DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2)).save_pretrained(d)
+    AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(d)
+    out = tmp_path / "run"
+    res = p2d_smoke("rotten_tomatoes", d, out, "--speedup", "1.5")
+    assert_user_error(res, "--speedup removes heads and FFN neurons", "is a distilbert", "--sparsity")
+    assert not out.exists()
+
+
+def test_a_bf16_latency_runtime_on_a_cpu_without_bf16_is_refused(monkeypatch):
+    import prune2deploy.machine as machine
+    from prune2deploy.run import _check_latency_runtime
+
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "AVX2 only", "isa": ["avx2"]})
+    with pytest.raises(UserError, match="no bf16"):
+        _check_latency_runtime("openvino-bf16")
+    _check_latency_runtime("openvino")  # fp32 runs anywhere
 
 
 def test_unreachable_speedup_writes_nothing(tmp_path, tiny_model_dir):
@@ -283,3 +311,48 @@ def test_table_targets_the_worst_shape_and_follows_its_anchors():
     half = {"heads": [1], "ffn": [4]}
     assert t.ms(half) == [1.0 + 1.5 * 1.0, 2.0 + 14.0]  # at half size batch 1 costs 1.5x its one-layer sum
     assert t.relative(half) == pytest.approx(max(2.5 / 3.0, 16.0 / 30.0))  # the worst shape decides
+
+
+def test_ziplm_step_updates_the_kept_weights_to_lower_the_layers_output_error():
+    """The OBS branch of the prune step: Hessians from forward hooks on calibration features,
+    then the write-back into the kept columns; the layer's output error against the unmasked
+    layer is lower than masking the same structures without the update."""
+    from prune2deploy.training import input_hessians
+
+    model = _qa()
+    mods = M.prunable_modules(model)
+    g = torch.Generator().manual_seed(0)
+    features = [{"input_ids": torch.randint(1000, 2000, (12,), generator=g).tolist(), "attention_mask": [1] * 12,
+                 "token_type_ids": [0] * 12} for _ in range(16)]
+
+    class Tok:
+        pad_token_id = 0
+
+        def pad(self, feats, return_tensors="pt", **kw):
+            return {k: torch.tensor([f[k] for f in feats]) for k in feats[0]}
+
+    names = [n for n in mods if n.endswith("output.dense")]
+    seen = {n: [] for n in names}
+    handles = [mods[n].register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].detach().clone()))
+               for n in names]
+    with torch.no_grad():
+        model(**Tok().pad(features))
+    for h in handles:
+        h.remove()
+    before = {n: mods[n].weight.detach().clone() for n in names}
+    M.attach_masks(mods)
+    st = Structure.of(model, mods)
+    hessians = input_hessians(model, features, Tok(), mods, 16, 16, precision="fp32")
+    pruner = StructuredPruner("obs", st, _table(L=3, H=4, W=64), hessians=hessians)
+    pruner.prune_step(mods, 0.5)
+    changed = 0
+    for n in names:
+        mask = getattr(mods[n], M.MASK)
+        if bool(mask.all()):
+            continue  # nothing removed in this module
+        x = torch.cat(seen[n]).reshape(-1, before[n].shape[1]).double()
+        ref = x @ before[n].double().T
+        err = lambda w: float((ref - x @ (w.double() * mask).T).pow(2).sum())  # noqa: E731
+        assert err(mods[n].weight.detach()) < err(before[n])
+        changed += 1
+    assert changed >= 2  # attention and FFN output projections alike

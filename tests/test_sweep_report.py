@@ -143,3 +143,19 @@ def test_pareto_front_keeps_only_undominated_points():
 
     pts = [(1.0, 50.0), (2.0, 60.0), (3.0, 55.0), (0.5, 40.0), (2.5, 60.0), (1.0, 45.0)]
     assert pareto(pts) == [(0.5, 40.0), (1.0, 50.0), (2.0, 60.0)]
+
+
+def test_latency_rows_carry_each_rows_own_accuracy():
+    """INT8 MatMulInteger rows get their graph's accuracy (not the fp32 model's), and a row the
+    bench scored on its runtime gets that score."""
+    from prune2deploy.html_report import latency_rows
+
+    rep = {"task": "squad", "method": "gmp", "target_sparsity": 0.8, "metric": "f1", "run_dir": "r",
+           "metrics": {"dense": {"f1": 60.0}, "sparse": {"f1": 57.0}},
+           "quantize": {"metrics": {"sparse_int8_mmi": {"f1": 55.0}, "dense_int8": {"f1": 58.0}}},
+           "bench": [{"model": m, "runtime": rt, "p50_ms": 1.0, "batch_size": 1, "seq_len": 128, **kw}
+                     for m, rt, kw in (("sparse", "onnxruntime", {}), ("sparse-int8-mmi", "deepsparse", {}),
+                                       ("dense-int8", "openvino", {"accuracy": 57.2, "accuracy_dense": 59.0}),
+                                       ("sparse", "openvino-bf16", {"accuracy": 56.5}))]}
+    got = [r["metric_value"] for r in latency_rows([rep])]
+    assert got == [57.0, 55.0, 57.2, 56.5]

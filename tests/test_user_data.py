@@ -286,3 +286,66 @@ def test_the_default_profile_sizes_itself_to_the_data(ticket_dir, tiny_model_dir
     (tmp_path / "a" / "run" / "recipe.json").write_text(json.dumps(big.to_dict()))
     monkeypatch.setattr(fit, "step_rate", rate(5.0))
     assert fit.fit_to_data(recipe, tmp_path / "a" / "run").teacher.epochs == big.teacher.epochs
+
+
+def test_a_tight_budget_on_much_data_samples_it_down_to_the_floor(monkeypatch, tmp_path):
+    """Fewer than 100 examples fit: the floor (MIN_EXAMPLES), not every example; and the cached
+    rate is per data set (other lengths, another rate)."""
+    import datasets
+
+    from prune2deploy import fit
+    from prune2deploy.recipe import load_recipe
+
+    recipe = load_recipe("rotten_tomatoes", "default", {"data.time_budget_min": 0.01})
+    texts = [{"text": "word " * (5 + i % 7), "label": i % 2} for i in range(50_000)]
+    train = datasets.Dataset.from_list(texts)
+
+    class Task:
+        def load(self, r):
+            return train, None, {}
+
+    monkeypatch.setattr("prune2deploy.tasks.registry.get_task", lambda name: Task())
+    monkeypatch.setattr(fit, "step_rate", lambda *a: 10.0)
+    fitted = fit.fit_to_data(recipe, tmp_path / "run")
+    assert fitted.data.train_examples == fit.MIN_EXAMPLES
+    long = datasets.Dataset.from_list([{"text": "word " * 200, "label": 0}] * 100)
+    assert fit.data_digest(long, 16) != fit.data_digest(train, 16)
+    calls = []
+    fit.cached_rate(recipe, tmp_path / "run", lambda: calls.append(1) or 1.0, fit.data_digest(train, 16))
+    fit.cached_rate(recipe, tmp_path / "run", lambda: calls.append(2) or 2.0, fit.data_digest(long, 16))
+    assert calls == [1, 2]  # another data set is measured again
+
+
+def test_token_classification_with_static_int8_end_to_end(ner_dir, tiny_model_dir, tmp_path):
+    """The INT8 graph is scored by the task's own evaluation (which reads the label names from
+    the model's config): quantize and bench alike."""
+    run = tmp_path / "run"
+    res = p2d_smoke("token-classification", tiny_model_dir, run, "--sparsity", "0.5", "--data-dir", ner_dir,
+                    "--quantize", "int8-static")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    assert 0 <= report["quantize"]["metrics"]["sparse_int8"]["f1"] <= 100
+    assert any(r["model"] == "sparse-int8" and "p50_ms" in r for r in report["bench"])
+
+
+def test_roberta_bpe_tokenizer_takes_pre_split_words(tmp_path):
+    """Byte-level BPE (RoBERTa) refuses pre-split words unless add_prefix_space: the task sets it."""
+    from datasets import Dataset
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    from prune2deploy.recipe import DataConfig
+    from prune2deploy.tasks.token_classification import train_features
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["Alice Smith flew to Paris and Rome"] * 20, vocab_size=300,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    d = tmp_path / "bpe"
+    d.mkdir()
+    bpe.save_model(str(d))
+    RobertaTokenizerFast(str(d / "vocab.json"), str(d / "merges.txt")).save_pretrained(d)
+    tok = RobertaTokenizerFast.from_pretrained(d)
+    assert tok.add_prefix_space is False  # as it ships: words alone would fail
+    feats = train_features(tok, Dataset.from_list([{"tokens": ["Alice", "flew", "Paris"], "tags": [1, 0, 2]}]),
+                           DataConfig(max_length=32))
+    assert [x for x in feats[0]["labels"] if x != -100] == [1, 0, 2]

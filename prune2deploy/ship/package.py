@@ -243,6 +243,10 @@ def package(
     """`layout` (with int8): "qdq" (ORT's QDQ pairs, per-channel weights) or "matmulinteger"
     (per-tensor MatMulInteger → Cast → Mul, the layout DeepSparse accelerates; made by static
     runs); default: matmulinteger where the run has it."""
+    if name is not None:  # a name is a path segment (the Triton layout's folder) and a URL segment
+        from .serve import check_name
+
+        check_name(name)
     from ..run import load_run_recipe
     from ..tasks.registry import get_task
 

@@ -100,9 +100,21 @@ def _check_fast(tokenizer) -> None:
         raise UserError("token-classification needs a fast tokenizer (tokenizer.json) to align words to sub-tokens")
 
 
+def for_words(tokenizer):
+    """A tokenizer that takes pre-split words: byte-level BPE (RoBERTa's) needs `add_prefix_space`
+    (each word as the model saw it inside a sentence, after a space); others are returned as they are."""
+    if getattr(tokenizer, "add_prefix_space", None) is False:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tokenizer.name_or_path, add_prefix_space=True, use_fast=True,
+                                             trust_remote_code=False)
+    return tokenizer
+
+
 def train_features(tokenizer, examples, data_cfg):
     """Words tokenized; each word's tag on its first sub-token, -100 elsewhere."""
     _check_fast(tokenizer)
+    tokenizer = for_words(tokenizer)
 
     def prepare(batch):
         enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=data_cfg.max_length)
