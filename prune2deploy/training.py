@@ -178,7 +178,8 @@ def load_checkpoint(path: Path, tag: str) -> dict | None:
 
 
 def fit(
-    model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None, observe_fn=None
+    model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None, observe_fn=None,
+    method_state=None,
 ) -> dict:
     """Train `model` for `cfg.total_steps` optimizer steps over `features`.
 
@@ -228,6 +229,8 @@ def fit(
             M.set_masks(modules, state["masks"])
         torch.set_rng_state(state["rng"])
         step, running = state["step"], state["running"]
+        if method_state is not None and state.get("method") is not None:
+            method_state[1](state["method"])  # what the method gathered between events (oBERT's Fisher)
         log = json.loads(state["log"])
         log["resumed_from"] = step
     sparsity = M.sparsity_report(M.get_masks(modules))["overall"] if modules is not None else None
@@ -241,6 +244,7 @@ def fit(
             "tag": cfg.checkpoint_tag, "step": step, "running": running, "log": json.dumps(log),
             "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
             "masks": M.get_masks(modules) if modules is not None else {},
+            "method": method_state[0]() if method_state is not None else None,
         })
 
     with Bar(cfg.description, cfg.total_steps) as bar:
@@ -344,10 +348,13 @@ def gradient_stream(
 
 
 def input_hessians(model, features, tokenizer, modules: dict, n: int, batch_size: int, *, precision: str = "auto",
-                   seed: int = 0, description: str = "hessians"):
+                   seed: int = 0, description: str = "hessians", norms: dict | None = None):
     """Return `hessians(names)`: {name: H} with H = mean over the non-padding tokens of n
     training features of x xᵀ, x the input of `modules[name]` (float64; ZipLM's layer-input
-    Hessian). Eval mode (no dropout); the model's mode is restored afterwards."""
+    Hessian). A name of `norms` (LayerNorm modules) gets instead the mean over those tokens of
+    its input's variance across the hidden size (a 0-d float64 tensor): the scale that LayerNorm
+    divides an error in its input by. Eval mode (no dropout); the model's mode is restored afterwards."""
+    norms = norms or {}
 
     @torch.no_grad()
     def hessians(names: list[str]) -> dict[str, torch.Tensor]:
@@ -371,7 +378,17 @@ def input_hessians(model, features, tokenizer, modules: dict, n: int, batch_size
                 acc[name] = h if acc[name] is None else acc[name] + h
             return f
 
-        handles = [modules[k].register_forward_pre_hook(hook(k)) for k in names]
+        def var_hook(name):
+            def f(mod, args):
+                x = args[0].detach()
+                x = x[keep["mask"]] if x.dim() == 3 else x.reshape(-1, x.shape[-1])
+                with torch.autocast(x.device.type, enabled=False):
+                    v = x.double().var(-1, unbiased=False).sum().reshape(1, 1)
+                acc[name] = v if acc[name] is None else acc[name] + v
+            return f
+
+        handles = [modules[k].register_forward_pre_hook(hook(k)) if k in modules else
+                   norms[k].register_forward_pre_hook(var_hook(k)) for k in names]
         try:
             batches = [idx_all[i : i + batch_size] for i in range(0, len(idx_all), batch_size)]
             with Bar(description, len(batches)) as bar:
@@ -387,6 +404,7 @@ def input_hessians(model, features, tokenizer, modules: dict, n: int, batch_size
             for h in handles:
                 h.remove()
             model.train(was_training)
-        return {k: (v / max(1, count[0])).cpu() for k, v in acc.items()}
+        out = {k: (v / max(1, count[0])).cpu() for k, v in acc.items()}
+        return {k: (v.reshape(()) if k in norms and k not in modules else v) for k, v in out.items()}
 
     return hessians

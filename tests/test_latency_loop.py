@@ -228,3 +228,38 @@ def test_ziplm_hessians_are_float64_products_under_bf16_autocast(tiny_qa):
     ref = x.T @ x / len(x)
     assert H.dtype == torch.float64
     assert torch.allclose(H, ref, rtol=1e-9, atol=1e-12)  # a bf16 product is off by ~1e-2 relative
+
+
+def test_obs_losses_in_one_unit_divide_by_the_layernorm_input_variance(tiny_qa):
+    """ZipLM's losses normalized per module: the hooks measure each LayerNorm's input variance,
+    and a module's curve is its squared error times mean(γ²)/var: in the next layer's units."""
+    from prune2deploy.training import input_hessians
+
+    mods = M.prunable_modules(tiny_qa)
+    M.attach_masks(mods)
+    st = Structure.of(tiny_qa, mods)
+    ln_names = st.norm_names()
+    norms = {n: m for n, m in tiny_qa.named_modules() if n in set(ln_names.values())}
+    f = st.layers[0].names["f"]
+    ln = norms[ln_names[f]]
+    seen = []
+    handle = ln.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    g = torch.Generator().manual_seed(0)
+    features = [{"input_ids": torch.randint(1000, 2000, (16,), generator=g).tolist(), "attention_mask": [1] * 16,
+                 "token_type_ids": [0] * 16} for _ in range(4)]
+
+    class Tok:
+        pad_token_id = 0
+
+        def pad(self, feats, return_tensors="pt", **kw):
+            return {k: torch.tensor([f[k] for f in feats]) for k in feats[0]}
+
+    try:
+        got = input_hessians(tiny_qa, features, Tok(), mods, 4, 4, precision="fp32", norms=norms)([f, ln_names[f]])
+    finally:
+        handle.remove()
+    x = torch.cat([s.reshape(-1, s.shape[-1]) for s in seen]).double()
+    assert float(got[ln_names[f]]) == pytest.approx(float(x.var(-1, unbiased=False).mean()), rel=1e-9)
+    with torch.no_grad():
+        ln.weight.fill_(3.0)
+    assert StructuredPruner._unit(torch.tensor(2.0, dtype=torch.float64), ln) == pytest.approx(9.0 / 2.0)

@@ -378,3 +378,39 @@ def test_invert_by_cholesky_matches_a_direct_inverse_and_falls_back_where_it_can
     out = obert.invert_(f.clone(), rows=16)  # slices of 16 blocks: the fallback in the first
     assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
     assert torch.isfinite(out).all()
+
+
+def test_the_training_step_fisher_survives_a_checkpoint(tmp_path):
+    """A run resumed between the observed steps and the event prunes on the same Fisher: the
+    method's state goes into the training checkpoint (weights_only) and back."""
+    from prune2deploy.training import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(2)
+    grads = [{n: torch.randn(4, 8) for n in ("a", "b")} for _ in range(4)]
+    cfg = {"block_size": 4, "num_grads": 4, "damp": 1e-3, "gradients": "training"}
+
+    def no_fresh(names, salt=0):
+        raise AssertionError("the fresh stream must not be drawn")
+
+    def observed(method, mods, steps):
+        for step in steps:
+            for n, m in mods.items():
+                m.weight.grad = grads[step - 6][n].clone()
+            method.observe(step, mods)
+
+    whole_mods = _two_layers()
+    whole = _obert(cfg, no_fresh, events=[0, 10])
+    observed(whole, whole_mods, range(6, 10))
+    whole.prune_step(whole_mods, 0.5)
+
+    mods = _two_layers()
+    first = _obert(cfg, no_fresh, events=[0, 10])
+    observed(first, mods, range(6, 8))
+    save_checkpoint(tmp_path / "ckpt.pt", {"tag": "t", "method": first.state_dict()})
+    resumed = _obert(cfg, no_fresh, events=[0, 10])  # a new process: nothing observed yet
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt", "t")["method"])
+    observed(resumed, mods, range(8, 10))
+    resumed.prune_step(mods, 0.5)
+    got, want = M.get_masks(mods), M.get_masks(whole_mods)
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    assert all(torch.allclose(mods[n].weight, whole_mods[n].weight, atol=1e-6) for n in mods)

@@ -147,6 +147,14 @@ def test_package_refuses_existing_nonempty_and_leaves_nothing(run_dir, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
 
 
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", ""])
+def test_package_refuses_a_name_that_is_not_one_path_segment(run_dir, tmp_path, name):
+    out = tmp_path / "triton"
+    assert_user_error(p2d("package", run_dir, "--out", out, "--format", "triton", "--name", name),
+                      "model name", "is not allowed")
+    assert not out.exists() and not (tmp_path / "x").exists()
+
+
 def test_triton_layout_matches_graph(run_dir, tmp_path):
     out = tmp_path / "triton"
     res = p2d("package", run_dir, "--out", out, "--format", "triton", "--name", "rt")

@@ -40,6 +40,13 @@ class GMP:
     def history(self) -> list[dict]:
         return self.structured.history if self.structured is not None else []
 
+    def state_dict(self) -> dict | None:
+        return self.structured.state_dict() if self.structured is not None else None
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.structured is not None and state:
+            self.structured.load_state_dict(state)
+
     def prune_step(self, modules: dict, sparsity: float) -> None:
         if self.structured is not None:
             return self.structured.prune_step(modules, sparsity)

@@ -334,6 +334,17 @@ class OBert:
         if len(self.pending[next(iter(modules))]) >= 32:
             self._flush()
 
+    def state_dict(self) -> dict:
+        """What `observe` has gathered since the last event (a checkpoint keeps it: a resumed run
+        prunes on the same Fisher)."""
+        if self.fisher is not None:
+            self._flush()
+        return {"fisher": self.fisher, "observed": self.observed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fisher, self.observed = state.get("fisher"), int(state.get("observed", 0))
+        self.pending = {n: [] for n in self.fisher} if self.fisher is not None else {}
+
     def _flush(self) -> None:
         for n, gs in self.pending.items():
             if gs:

@@ -19,6 +19,8 @@ Criteria:
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..progress import log
@@ -110,6 +112,10 @@ def obs_update(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch
     return W64.to(W.dtype)
 
 
+def _scaled(curve: Curve, unit: float) -> Curve:
+    return Curve(curve.order, [x * unit for x in curve.loss], curve.removed)
+
+
 class StructuredPruner:
     """The structured prune step for a latency table and a criterion ("magnitude" or "obs").
 
@@ -119,31 +125,52 @@ class StructuredPruner:
     model's curves, so every event's budget is met on a table corrected by measurement."""
 
     def __init__(self, criterion: str, structure: Structure, latency, uniform: bool = False,
-                 hessians=None, damp: float = 0.01, timer=None, final_sparsity: float | None = None):
+                 hessians=None, damp: float = 0.01, timer=None, final_sparsity: float | None = None,
+                 norms: dict | None = None):
         if latency is None or structure is None:
             raise ValueError("structured pruning needs a structure and a latency table")
         self.criterion, self.structure, self.table, self.uniform = criterion, structure, latency, uniform
         self.hessians, self.damp = hessians, damp
         self.timer, self.final_sparsity = timer, final_sparsity
+        self.norms = norms  # LayerNorm name -> module: OBS losses in one unit (see `_unit`)
         self.history: list[dict] = []
         self.loops: dict[str, dict] = {}  # "before_training" / "final": the latency loop's record
+
+    def state_dict(self) -> dict:
+        """The table as the latency loop corrected it, its records and the history (checkpointed)."""
+        return {"table": self.table.to_dict(), "loops": json.dumps(self.loops), "history": json.dumps(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table = type(self.table).from_dict(state["table"])
+        self.loops, self.history = json.loads(state["loops"]), json.loads(state["history"])
 
     def _curves(self, modules: dict):
         st, inv = self.structure, None
         if self.criterion == "obs":
             names = [n for layer in st.layers for n in (layer.names["o"], layer.names["f"])]
-            H = {n: h.to(modules[n].weight.device) for n, h in self.hessians(names).items()}
+            ln = st.norm_names()
+            got = self.hessians(names + ([ln[n] for n in names] if self.norms else []))
+            H = {n: got[n].to(modules[n].weight.device) for n in names}
             inv = {n: _inverse(H[n], self.damp) for n in names}
+            unit = {n: self._unit(got[ln[n]], self.norms[ln[n]]) if self.norms else 1.0 for n in names}
             kept = st.kept(modules)
             attn, ffn = [], []
             for layer, heads, neurons in zip(st.layers, kept["heads"], kept["ffn"]):
                 o, f = layer.names["o"], layer.names["f"]
-                attn.append(obs_curve(modules[o].weight.detach(), inv[o], layer.head_dim,
-                                      set(range(layer.heads)) - set(heads)))
-                ffn.append(obs_curve(modules[f].weight.detach(), inv[f], 1, set(range(layer.ffn)) - set(neurons)))
+                attn.append(_scaled(obs_curve(modules[o].weight.detach(), inv[o], layer.head_dim,
+                                              set(range(layer.heads)) - set(heads)), unit[o]))
+                ffn.append(_scaled(obs_curve(modules[f].weight.detach(), inv[f], 1,
+                                             set(range(layer.ffn)) - set(neurons)), unit[f]))
         else:
             attn, ffn = magnitude_curves(st, modules)
         return attn, ffn, inv
+
+    @staticmethod
+    def _unit(variance: torch.Tensor, norm) -> float:
+        """An error d added to a LayerNorm's input z reaches its output as about γ·d/σ(z): the
+        squared error in the next layer's units is |d|² · mean(γ²) / var(z)."""
+        gain = float(norm.weight.detach().double().pow(2).mean()) if getattr(norm, "weight", None) is not None else 1.0
+        return gain / max(float(variance), 1e-12)
 
     def _search(self, attn, ffn, budget: float):
         st = self.structure

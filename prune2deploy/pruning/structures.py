@@ -71,6 +71,12 @@ class Structure:
             raise ValueError(f"{type(model).__name__}: no BERT-shaped encoder layers to prune structurally")
         return Structure(tuple(layers))
 
+    def norm_names(self) -> dict[str, str]:
+        """Output projection ("o" or "f") name -> the LayerNorm its output is added before (BERT's
+        post-LN layers: `...attention.output.LayerNorm`, `...output.LayerNorm`)."""
+        return {layer.names[r]: layer.names[r].rsplit(".", 1)[0] + ".LayerNorm" for layer in self.layers
+                for r in ("o", "f")}
+
     def kept(self, modules: dict[str, nn.Module]) -> dict[str, list[list[int]]]:
         """Which heads and neurons each layer keeps, read from the masks (a structure is kept
         while any of its output-projection inputs is)."""

@@ -18,10 +18,14 @@ class Settings:
     calibration_examples: int = 256  # training features the Hessians come from, at each pruning step
     batch_size: int = 16
     damp: float = 0.01  # of the Hessian's mean diagonal
+    # compare modules in one unit: each module's squared output error divided by the variance of
+    # the LayerNorm input it is added to (times that LayerNorm's mean squared gain): the error as
+    # the next layer sees it. False: the raw squared errors (each module behind its own LayerNorm)
+    normalize: bool = True
 
     def check(self, modules: dict | None = None, pattern: str | None = None) -> None:
         for f in fields(self):
-            if getattr(self, f.name) <= 0:
+            if not isinstance(getattr(self, f.name), bool) and getattr(self, f.name) <= 0:
                 raise UserError(f"prune.options.ziplm.{f.name} must be > 0, got {getattr(self, f.name)}")
 
 
@@ -30,13 +34,22 @@ class ZipLM:
     Settings = Settings
 
     def __init__(self, settings: Settings, scope: str, pattern: str | None, *, structure=None, latency=None,
-                 widths: str = "per_layer", hessians=None, timer=None, final_sparsity=None, **resources):
+                 widths: str = "per_layer", hessians=None, timer=None, final_sparsity=None, norms=None,
+                 **resources):
         self.structured = StructuredPruner("obs", structure, latency, widths == "uniform", hessians, settings.damp,
-                                           timer=timer, final_sparsity=final_sparsity)
+                                           timer=timer, final_sparsity=final_sparsity,
+                                           norms=norms if settings.normalize else None)
 
     @property
     def history(self) -> list[dict]:
         return self.structured.history
+
+    def state_dict(self) -> dict | None:
+        return self.structured.state_dict() if self.structured is not None else None
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.structured is not None and state:
+            self.structured.load_state_dict(state)
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
         self.structured.prune_step(modules, sparsity)

@@ -8,7 +8,7 @@ tensors of different sequence lengths. Here requests are checked and padded to a
 then merged by rows of one shape, up to `max_rows`.
 
 `max_wait_s` (MLServer's `max_batch_time`): how long the first request of a batch waits for more
-while the runtime is idle. 0 (the default) adds no latency at concurrency 1; under load, requests
+while the runtime is idle (a batch that fills to `max_rows` goes at once). 0 (the default) adds no latency at concurrency 1; under load, requests
 queue while an inference runs and go together in the next.
 """
 
@@ -65,10 +65,16 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.max_wait_s:
-                left = self.max_wait_s - (time.monotonic() - self._queues[length][0][3])
-                if left > 0 and sum(i[1] for i in self._queues[length]) < self.max_rows:
-                    await asyncio.sleep(left)
+            if self.max_wait_s:  # gather until the window ends or the batch is full, whichever first
+                while sum(i[1] for i in self._queues[length]) < self.max_rows:
+                    left = self.max_wait_s - (time.monotonic() - self._queues[length][0][3])
+                    if left <= 0:
+                        break
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), left)
+                    except asyncio.TimeoutError:
+                        break
             batch = [item for item in self._take(length) if not item[2].cancelled()]
             if not batch:
                 continue

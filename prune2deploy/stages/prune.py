@@ -102,9 +102,12 @@ def run(ctx: StageContext) -> dict:
             "final_sparsity": plan.prune_steps[-1][1] if plan.prune_steps else None,
         }
         if hasattr(settings, "calibration_examples"):
+            wanted = set(resources["structure"].norm_names().values())
+            resources["norms"] = {n: m for n, m in student.named_modules() if n in wanted}
             resources["hessians"] = input_hessians(
                 student, features, tokenizer, modules, settings.calibration_examples, settings.batch_size,
                 precision=recipe.precision, seed=recipe.seed, description=f"{p.method} hessians",
+                norms=resources["norms"],
             )
     method = get_method(p.method)(
         settings,
@@ -144,6 +147,7 @@ def run(ctx: StageContext) -> dict:
         modules=modules,
         prune_fn=method.prune_step,
         observe_fn=getattr(method, "observe", None),
+        method_state=(method.state_dict, method.load_state_dict) if hasattr(method, "state_dict") else None,
     )
 
     masks = M.get_masks(modules)

@@ -50,17 +50,18 @@ def run(ctx: StageContext) -> dict:
 
     cache = cache_dir(run_dir, recipe)
     meta = cache / "teacher.json"
-    if meta.is_file():
-        info = read_json(meta)
-        if hash_dir(cache / "model") == info.get("files"):
-            log(f"[dim]teacher: reusing cached {cache}[/dim]")
-            write_json_atomic(out / "teacher.json", info)
-            return {
-                **info["result"],
-                "model_dir": str(cache / "model"),
-                "cached": True,
-                "_external": {str(cache / "model"): info["files"]},
-            }
+    info = read_json(meta) if meta.is_file() else {}
+    # rank 0's view of the cache decides for every rank (one rank reusing while another trains hangs both)
+    if D.decide(bool(info) and hash_dir(cache / "model") == info.get("files"), "teacher: reuse the cache"):
+        info = info or read_json(meta)  # a rank that looked before rank 0's write finished
+        log(f"[dim]teacher: reusing cached {cache}[/dim]")
+        write_json_atomic(out / "teacher.json", info)
+        return {
+            **info["result"],
+            "model_dir": str(cache / "model"),
+            "cached": True,
+            "_external": {str(cache / "model"): info["files"]},
+        }
     D.barrier()  # several processes: every rank has looked at the cache before rank 0 replaces it
 
     tokenizer = load_tokenizer(base_model)

@@ -102,7 +102,7 @@ def load_user_files(recipe):
     root = Path(d.data_dir).expanduser() if d.data_dir and d.data_dir != "hub" else None
     if (train is None or dev is None) and root is None:
         raise UserError("task 'question-answering' trains on your SQuAD-format JSON: pass --data-dir DIR, or "
-                        "--set data.train_file=FILE data.eval_file=FILE")
+                        "--set data.train_file=FILE --set data.eval_file=FILE")
 
     def find(names):
         return next((root / n for n in names if (root / n).is_file()), None) if root and root.is_dir() else None

@@ -54,7 +54,7 @@ def _rows(path: Path, d) -> list[dict]:
     if path.suffix.lower() in CONLL:
         return read_conll(path)
     rows = read_rows(path)
-    need_columns(path, rows, (d.tokens_column, d.tags_column), "set --set data.tokens_column=... data.tags_column=...")
+    need_columns(path, rows, (d.tokens_column, d.tags_column), "set --set data.tokens_column=... --set data.tags_column=...")
     out = []
     for i, r in enumerate(rows, 1):
         tokens, tags = r[d.tokens_column], r[d.tags_column]
