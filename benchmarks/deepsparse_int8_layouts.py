@@ -11,7 +11,7 @@ from onnxruntime.quantization import quantize_static, QuantType, QuantFormat, Ca
 import onnx
 from prune2deploy.run import load_run_recipe
 from prune2deploy.tasks.registry import get_task
-from prune2deploy.models import load_tokenizer
+from prune2deploy.model.load import load_tokenizer
 from prune2deploy.runtimes.registry import get_runtime
 run = Path(sys.argv[1])
 recipe = load_run_recipe(run); task = get_task(recipe.task)

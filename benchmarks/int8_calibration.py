@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 
-from prune2deploy.int8 import (
+from prune2deploy.graphs.int8 import (
     OnnxAsModel,
     calibration_batches,
     calibration_count,
     check_zeros_kept,
     quantize_int8_static,
 )
-from prune2deploy.int8_matmulinteger import to_matmulinteger
-from prune2deploy.machine import cpu_info
+from prune2deploy.graphs.int8_matmulinteger import to_matmulinteger
+from prune2deploy.measure.machine import cpu_info
 from prune2deploy.files import read_json
-from prune2deploy.models import load_tokenizer
+from prune2deploy.model.load import load_tokenizer
 from prune2deploy.run import load_run_recipe
 from prune2deploy.tasks.registry import get_task
 

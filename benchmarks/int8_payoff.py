@@ -22,11 +22,17 @@ from pathlib import Path
 import torch
 
 from prune2deploy.files import read_json
-from prune2deploy.models import load_tokenizer
+from prune2deploy.model.load import load_tokenizer
 from prune2deploy.recipe import BenchConfig
 from prune2deploy.run import load_run_recipe
-from prune2deploy.latency import bench_models, markdown, reference_outputs
-from prune2deploy.int8 import OnnxAsModel, calibration_batches, check_zeros_kept, quantize_int8, quantize_int8_static
+from prune2deploy.measure.bench_rows import bench_models, markdown, reference_outputs
+from prune2deploy.graphs.int8 import (
+    OnnxAsModel,
+    calibration_batches,
+    check_zeros_kept,
+    quantize_int8,
+    quantize_int8_static,
+)
 from prune2deploy.tasks.registry import get_task
 
 
@@ -69,8 +75,8 @@ def main() -> None:
         if args.qat_epochs > 0:
             from dataclasses import replace
 
-            from prune2deploy import qat
-            from prune2deploy.models import load_model
+            from prune2deploy.train import qat
+            from prune2deploy.model.load import load_model
             from prune2deploy.pruning.masks import load_masks
 
             r = replace(recipe, export=replace(recipe.export, quantize="int8-static", qat_epochs=args.qat_epochs))

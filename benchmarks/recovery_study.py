@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prune2deploy.machine import cpu_label  # noqa: E402
+from prune2deploy.measure.machine import cpu_label  # noqa: E402
 
 # Rows: name -> (what it tests, overrides at default-profile scale; times in epochs). Every row
 # is written in full against the squad recipe from before this study (BEFORE), so a rerun

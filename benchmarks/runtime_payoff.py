@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from prune2deploy.recipe import BenchConfig
-from prune2deploy.latency import bench_models, markdown
+from prune2deploy.measure.bench_rows import bench_models, markdown
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -50,10 +50,10 @@ def pattern_tag(sparsity: float, pattern: str) -> str:
 def build(shape: str, sparsity: float, out: Path, pattern: str = "unstructured") -> tuple[Path, Path]:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
     from prune2deploy.pruning import gmp
     from prune2deploy.pruning import masks as M
-    from prune2deploy.onnx_export import export_onnx
+    from prune2deploy.graphs.onnx_export import export_onnx
     from prune2deploy.tasks.registry import get_task
 
     torch.manual_seed(0)
@@ -75,8 +75,8 @@ def build(shape: str, sparsity: float, out: Path, pattern: str = "unstructured")
 
 def int8_variants(label: str, onnx_path: Path, seq_len: int) -> dict[str, dict]:
     """The static INT8 graphs of one model, calibrated on 8 batches of 8 random token ids."""
-    from prune2deploy.int8 import quantize_int8_static
-    from prune2deploy.int8_matmulinteger import to_matmulinteger
+    from prune2deploy.graphs.int8 import quantize_int8_static
+    from prune2deploy.graphs.int8_matmulinteger import to_matmulinteger
 
     rng = np.random.default_rng(1)
     batches = []
@@ -161,7 +161,7 @@ def main() -> None:
     if args.build_only:
         return
     # speedups: the bench code compares "sparse" rows; here every non-dense label is a sparse model
-    from prune2deploy.machine import cpu_info
+    from prune2deploy.measure.machine import cpu_info
 
     result = {"threads": args.threads, "pattern": args.pattern, "cpu": cpu_info(),
               "load_before_and_after": os.getloadavg(), "rows": all_rows}

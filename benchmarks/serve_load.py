@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from prune2deploy.files import read_json, write_json_atomic
-from prune2deploy.machine import cpu_info, cpu_label
+from prune2deploy.measure.machine import cpu_info, cpu_label
 from prune2deploy.ship.package import package
 from prune2deploy.ship.serve import Server
 from prune2deploy.ship.serve_check import load_test, reference_check, samples

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from prune2deploy.files import write_json_atomic
-from prune2deploy.machine import cpu_info, cpu_label
+from prune2deploy.measure.machine import cpu_info, cpu_label
 from prune2deploy.ship.serve import Server
 from prune2deploy.ship.serve_check import samples, served_limits
 from prune2deploy.ship.verify import reference_for

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prune2deploy.machine import cpu_label  # noqa: E402
-from prune2deploy.models import load_model, resolve_model  # noqa: E402
+from prune2deploy.measure.machine import cpu_label  # noqa: E402
+from prune2deploy.model.load import load_model, resolve_model  # noqa: E402
 
 LENGTHS = [192, 176, 224, 160, 208, 256, 144, 200, 184, 232, 168, 216]
 BATCH = 8

@@ -139,7 +139,7 @@ def run(
         code = {"rc": 0}
 
         def launch():
-            from .distributed import relaunch
+            from .train.distributed import relaunch
 
             code["rc"] = relaunch(sys.argv[1:], launcher, processes)
 
@@ -178,7 +178,7 @@ def run(
                 "export.quantize": quantize,
             },
         )
-        from .fit import fit_to_data
+        from .train.budget import fit_to_data
 
         recipe = load_recipe(task, profile, overrides, recipe_file=recipe_file)
         run_dir = out or default_run_dir(recipe)
@@ -193,7 +193,7 @@ def _stage_command(stage: str):
         force: bool = typer.Option(False, "--force", help="Redo the stage even if up to date."),
     ) -> None:
         def go():
-            from .report import build_report
+            from .report.summary import build_report
             from .files import write_json_atomic
             from .run import load_run_recipe, run_stage
 
@@ -231,7 +231,7 @@ def bench(
     """Benchmark dense vs sparse: the bench stage of a run dir, or any ONNX file."""
 
     def go():
-        from .bench_cli import bench_path
+        from .measure.bench_cli import bench_path
 
         bench_path(path, dense, runtime, batch_sizes, seq_lens, threads, out, force)
 
@@ -462,7 +462,7 @@ def report(
     """One self-contained HTML page over runs: metric/latency vs sparsity, Pareto front, tables."""
 
     def go():
-        from .html_report import write_report
+        from .report.html import write_report
 
         res = write_report(run_dirs, out)
         print(f"wrote {res['html']} ({res['runs']} runs; charts: {', '.join(res['pngs'])})")
@@ -492,7 +492,7 @@ def methods() -> None:
 
 if __name__ == "__main__":
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank started by `accelerate launch` / torchrun
-        from .distributed import run_launched
+        from .train.distributed import run_launched
 
         run_launched(app)  # ends the process
     else:

@@ -427,7 +427,7 @@ def validate(r: Recipe) -> None:
         raise UserError("export.qat_epochs must be >= 0 and export.qat_lr > 0")
     if r.export.qat_weights not in ("per_tensor", "per_channel"):
         raise UserError(f"export.qat_weights must be per_tensor or per_channel, not '{r.export.qat_weights}'")
-    from .int8 import parse_calibration
+    from .graphs.int8 import parse_calibration
 
     try:
         parse_calibration(r.export.calibration)
@@ -478,7 +478,7 @@ def validate(r: Recipe) -> None:
         raise UserError("data.doc_stride must be smaller than data.max_length")
     from .runtimes.registry import runtime_names
 
-    from .latency_table import TARGETS
+    from .measure.latency_table import TARGETS
 
     if r.prune.latency_runtime not in ("auto",) + TARGETS:
         raise UserError(

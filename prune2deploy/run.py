@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from . import distributed as D
+from .train import distributed as D
 from .errors import UserError
 from .files import hash_dir, read_json, replace_dir, sha256_json, write_json_atomic
 from .progress import log
@@ -221,7 +221,7 @@ def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, k
 
 def _check_latency_runtime(name: str) -> None:
     """A latency target's runtime must run here, in its precision."""
-    from .machine import cpu_info
+    from .measure.machine import cpu_info
     from .runtimes.registry import get_runtime
 
     rt = get_runtime(name)  # installed (UserError otherwise)
@@ -233,7 +233,7 @@ def _check_latency_runtime(name: str) -> None:
 
 def preflight(recipe: Recipe) -> None:
     """Fail on a bad model, teacher or data before anything is written."""
-    from .models import STRUCTURED_TYPES, check_weights, load_config, resolve_model
+    from .model.load import STRUCTURED_TYPES, check_weights, load_config, resolve_model
     from .tasks.registry import get_task
 
     for spec in (recipe.model, recipe.teacher.path):
@@ -260,7 +260,7 @@ def preflight(recipe: Recipe) -> None:
 
 
 def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
-    from .report import build_report, print_summary
+    from .report.summary import build_report, print_summary
 
     preflight(recipe)
     fresh = not Path(run_dir).exists()

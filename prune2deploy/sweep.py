@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from . import distributed as D
+from .train import distributed as D
 from .errors import UserError
 from .files import write_json_atomic
 from .progress import log

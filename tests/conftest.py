@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory):
     """A random 2-layer BERT (hidden 32) with the real MiniLM tokenizer, saved as an HF dir."""
     from transformers import AutoTokenizer, BertModel
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-bert")

@@ -22,11 +22,11 @@ def main(out: Path, method: str, total: int, stop_at: int = 0, ckpt: str = "") -
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     from conftest import tiny_config
-    from prune2deploy import distributed as D
-    from prune2deploy.models import resolve_model
+    from prune2deploy.train import distributed as D
+    from prune2deploy.model.load import resolve_model
     from prune2deploy.pruning import gmp, obert
     from prune2deploy.pruning import masks as M
-    from prune2deploy.training import FitConfig, fit, gradient_stream
+    from prune2deploy.train.loop import FitConfig, fit, gradient_stream
 
     torch.set_num_threads(1)
     cfg_kw = dict(num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -92,7 +92,7 @@ def main(out: Path, method: str, total: int, stop_at: int = 0, ckpt: str = "") -
 
 def together(out: Path) -> None:
     """Rank 1 fails inside `D.together`; rank 0 must stop with OtherRankFailed, not hang."""
-    from prune2deploy import distributed as D
+    from prune2deploy.train import distributed as D
     from prune2deploy.errors import OtherRankFailed
 
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def together(out: Path) -> None:
 def out_of_step(out: Path) -> None:
     """The ranks reach agreements of different blocks (the old mis-pairing): both must raise
     OutOfStep, not pair one block's agreement with the other's."""
-    from prune2deploy import distributed as D
+    from prune2deploy.train import distributed as D
 
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,7 +120,7 @@ def out_of_step(out: Path) -> None:
 
 def decide(out: Path) -> None:
     """Rank 0's view decides for all (rank 1 would have skipped); `local()` issues no collective."""
-    from prune2deploy import distributed as D
+    from prune2deploy.train import distributed as D
 
     out.mkdir(parents=True, exist_ok=True)
     got = D.decide(D.rank() == 1, "run or skip stage 'quantize'")  # rank 1 alone sees a record

@@ -179,7 +179,7 @@ def test_smoke_writes_report_and_onnx(smoke_run):
         rec = json.loads((out / stage / "stage.json").read_text())
         assert rec["status"] == "done" and rec["key"] and "versions" in rec and rec["seconds"] >= 0
     # embeddings and head stayed dense in the shipped ONNX
-    from prune2deploy.onnx_sparsity import zeros_per_initializer
+    from prune2deploy.graphs.onnx_sparsity import zeros_per_initializer
 
     z = zeros_per_initializer(out / "export" / "model.onnx")
     assert z["bert.embeddings.word_embeddings.weight"] < 0.01

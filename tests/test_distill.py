@@ -84,7 +84,7 @@ def _qa_batch(rows: list[list[int]]) -> dict:
 
 
 def test_teacher_outputs_are_reused_whatever_the_batch_and_its_padding():
-    from prune2deploy.training import TeacherOutputs
+    from prune2deploy.train.loop import TeacherOutputs
 
     feats = {0: [5, 6, 7], 1: [8, 9, 10, 11, 12], 2: [13, 14], 3: [15, 16, 17, 18]}
     teacher = _CountingQA()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_cli import assert_user_error, p2d, p2d_smoke
 
-from prune2deploy.distributed import strip_launch_options
+from prune2deploy.train.distributed import strip_launch_options
 
 HERE = Path(__file__).parent
 WORKER = HERE / "ddp_worker.py"
@@ -156,7 +156,7 @@ def test_launcher_bad_input(tmp_path):
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):
-    from prune2deploy import distributed as D
+    from prune2deploy.train import distributed as D
     from prune2deploy.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -192,7 +192,7 @@ def test_rank_0_decides_run_or_skip_and_local_blocks_issue_no_collectives(tmp_pa
 def test_a_launched_rank_ends_by_os_exit_with_the_clis_code_after_destroying_the_group(monkeypatch):
     """No interpreter finalization for a launched rank (where gloo's threads can abort a rank
     whose work is done): the group goes first, then os._exit with the CLI's own exit code."""
-    from prune2deploy import distributed as D
+    from prune2deploy.train import distributed as D
 
     calls = []
 

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_config
 from test_cli import assert_user_error, p2d_smoke
 
-from prune2deploy.latency_table import Table
+from prune2deploy.measure.latency_table import Table
 from prune2deploy.pruning import masks as M
 from prune2deploy.pruning.allocation import Curve, allocate
 from prune2deploy.pruning.latency_loop import close_loop
@@ -83,7 +83,8 @@ def test_a_near_miss_is_timed_again_before_it_counts():
 
     def timer(counts):
         calls.append(counts)
-        return list(table.full_ms), [t * next(noisy, 1.0) * (1.04 if len(calls) == 1 else 1.0) for t in table.ms(counts)]
+        slow = 1.04 if len(calls) == 1 else 1.0
+        return list(table.full_ms), [t * next(noisy, 1.0) * slow for t in table.ms(counts)]
 
     attn, ffn = _curves(2, 4, [1.0, 1.5]), _curves(2, 64, [0.001, 0.003])
     close_loop(_search(attn, ffn, 0.6), table, timer, 1 / 0.6)
@@ -152,9 +153,9 @@ def _inputs_for(b, s):
 
 def test_the_table_times_graphs_exported_as_the_artifact_ships(monkeypatch, tmp_path, tiny_model_dir):
     import prune2deploy.runtimes.registry as registry
-    from prune2deploy.latency_table import ShapeTimer, measure
-    from prune2deploy.models import load_config, load_model
-    from prune2deploy.onnx_export import export_model
+    from prune2deploy.measure.latency_table import ShapeTimer, measure
+    from prune2deploy.model.load import load_config, load_model
+    from prune2deploy.graphs.onnx_export import export_model
     from prune2deploy.tasks.registry import get_task
 
     fake = _FakeRuntime()
@@ -204,7 +205,7 @@ def test_a_reused_table_that_does_not_fit_is_refused_before_anything_is_written(
 
 
 def test_ziplm_hessians_are_float64_products_under_bf16_autocast(tiny_qa):
-    from prune2deploy.training import input_hessians
+    from prune2deploy.train.loop import input_hessians
 
     mods = M.prunable_modules(tiny_qa)
     name = next(n for n in mods if n.endswith("output.dense") and "attention" not in n)
@@ -233,7 +234,7 @@ def test_ziplm_hessians_are_float64_products_under_bf16_autocast(tiny_qa):
 def test_obs_losses_in_one_unit_divide_by_the_layernorm_input_variance(tiny_qa):
     """ZipLM's losses normalized per module: the hooks measure each LayerNorm's input variance,
     and a module's curve is its squared error times mean(γ²)/var: in the next layer's units."""
-    from prune2deploy.training import input_hessians
+    from prune2deploy.train.loop import input_hessians
 
     mods = M.prunable_modules(tiny_qa)
     M.attach_masks(mods)

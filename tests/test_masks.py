@@ -3,7 +3,7 @@ import torch
 
 from prune2deploy.pruning import gmp
 from prune2deploy.pruning import masks as M
-from prune2deploy.training import FitConfig, fit
+from prune2deploy.train.loop import FitConfig, fit
 
 
 def test_prunable_is_encoder_linears_only(tiny_qa):
@@ -163,7 +163,7 @@ def test_pruned_gradients_do_not_count_in_the_clipping_norm(tiny_qa, tiny_model_
 def test_length_grouped_batches_cover_the_epoch_once_and_pad_less():
     import random
 
-    from prune2deploy.training import batch_order
+    from prune2deploy.train.loop import batch_order
 
     rng = random.Random(0)
     lengths = [rng.randint(10, 256) for _ in range(1000)]

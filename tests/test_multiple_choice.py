@@ -77,8 +77,8 @@ def test_both_jsonl_layouts_read_the_same_question(tmp_path):
 def test_features_and_fixed_inputs_are_three_dimensional(tmp_path):
     from transformers import AutoTokenizer
 
-    from prune2deploy.models import resolve_model
-    from prune2deploy.inference import collate
+    from prune2deploy.model.load import resolve_model
+    from prune2deploy.model.inference import collate
 
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
     recipe = load_recipe("commonsense_qa", "smoke", {"data.data_dir": str(csqa_dir(tmp_path))})
@@ -131,7 +131,7 @@ def test_cli_bad_data_is_one_line(tmp_path):
 def _tiny_roberta(tmp_path):
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
 
     # no RoBERTa tokenizer ships offline: MiniLM's vocab, without token_type_ids as RoBERTa's
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"), model_input_names=["input_ids", "attention_mask"])

@@ -281,8 +281,8 @@ def test_gradient_stream_follows_the_model_to_its_device(monkeypatch):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     from conftest import tiny_config
-    from prune2deploy import training
-    from prune2deploy.models import resolve_model
+    from prune2deploy.train import loop as training
+    from prune2deploy.model.load import resolve_model
     from prune2deploy.pruning import masks as M
 
     torch.manual_seed(0)
@@ -383,7 +383,7 @@ def test_invert_by_cholesky_matches_a_direct_inverse_and_falls_back_where_it_can
 def test_the_training_step_fisher_survives_a_checkpoint(tmp_path):
     """A run resumed between the observed steps and the event prunes on the same Fisher: the
     method's state goes into the training checkpoint (weights_only) and back."""
-    from prune2deploy.training import load_checkpoint, save_checkpoint
+    from prune2deploy.train.loop import load_checkpoint, save_checkpoint
 
     torch.manual_seed(2)
     grads = [{n: torch.randn(4, 8) for n in ("a", "b")} for _ in range(4)]

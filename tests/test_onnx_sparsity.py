@@ -5,10 +5,10 @@ import torch
 from onnx import numpy_helper
 
 from prune2deploy.errors import VerificationError
-from prune2deploy.onnx_sparsity import require_ok, verify
+from prune2deploy.graphs.onnx_sparsity import require_ok, verify
 from prune2deploy.pruning import gmp
 from prune2deploy.pruning import masks as M
-from prune2deploy.onnx_export import export_onnx
+from prune2deploy.graphs.onnx_export import export_onnx
 from prune2deploy.tasks.registry import get_task
 
 
@@ -16,7 +16,7 @@ from prune2deploy.tasks.registry import get_task
 def exported(tmp_path_factory):
     from transformers import AutoTokenizer, BertForQuestionAnswering
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
     from tests.conftest import tiny_config
 
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def test_fully_pruned_matrices_are_followed_through_the_graph(tmp_path, tiny_qa)
     content, and the check passes with every zero counted."""
     import torch
 
-    from prune2deploy.onnx_export import export_onnx, verify_against_masks
+    from prune2deploy.graphs.onnx_export import export_onnx, verify_against_masks
     from prune2deploy.pruning import masks as M
     from prune2deploy.tasks.registry import get_task
 

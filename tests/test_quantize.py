@@ -48,7 +48,7 @@ def test_int8_keeps_zeros_and_reports_accuracy_and_latency(int8_run):
         assert r["speedup_vs_best_dense"] == round(best["p50_ms"] / r["p50_ms"], 3)
         assert r["best_dense"] == f"{best['runtime']} {best['model']} ({best['precision']})"
     assert any("p50_ms" in r for r in int8_rows)
-    from prune2deploy.onnx_sparsity import load_initializers
+    from prune2deploy.graphs.onnx_sparsity import load_initializers
 
     q = load_initializers(int8_run / "quantize" / "model.int8.onnx")
     assert sum(1 for k, v in q.items() if k.endswith("_quantized") and v.dtype == np.int8) >= 12
@@ -58,7 +58,7 @@ def test_a_lost_zero_is_caught(int8_run, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from prune2deploy.int8 import check_zeros_kept
+    from prune2deploy.graphs.int8 import check_zeros_kept
 
     model = onnx.load(str(int8_run / "quantize" / "model.int8.onnx"))
     init = next(
@@ -102,7 +102,7 @@ def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     res = p2d_smoke("rotten_tomatoes", tiny_model_dir, out, "--sparsity", "0.5", "--pattern", "2:4")
     assert res.returncode == 0, res.stderr[-3000:]
-    from prune2deploy.onnx_sparsity import load_initializers
+    from prune2deploy.graphs.onnx_sparsity import load_initializers
 
     rec = json.loads((out / "export" / "stage.json").read_text())["result"]
     assert rec["pattern"] == "2:4" and rec["encoder_sparsity"] == pytest.approx(0.5)
@@ -145,10 +145,10 @@ def test_two_four_pattern_through_export(tmp_path, tiny_model_dir):
 def test_static_qdq_int8_keeps_zeros_and_matches_fp32(int8_run, tmp_path):
     import onnx
 
-    from prune2deploy.benchmark import fixed_inputs
-    from prune2deploy.models import load_tokenizer
+    from prune2deploy.measure.timing import fixed_inputs
+    from prune2deploy.model.load import load_tokenizer
     from prune2deploy.runtimes import onnxruntime as ort_rt
-    from prune2deploy.int8 import check_zeros_kept, quantize_int8_static
+    from prune2deploy.graphs.int8 import check_zeros_kept, quantize_int8_static
 
     export = int8_run / "export"
     tok = load_tokenizer(str(export))
@@ -176,10 +176,10 @@ def test_matmulinteger_layout_equals_its_per_tensor_qdq_graph(int8_run, tmp_path
     INT8 weights; on ORT it computes exactly what the per-tensor QDQ graph computes."""
     import onnx
 
-    from prune2deploy.benchmark import fixed_inputs
-    from prune2deploy.int8 import check_zeros_kept, quantize_int8_static
-    from prune2deploy.int8_matmulinteger import to_matmulinteger
-    from prune2deploy.models import load_tokenizer
+    from prune2deploy.measure.timing import fixed_inputs
+    from prune2deploy.graphs.int8 import check_zeros_kept, quantize_int8_static
+    from prune2deploy.graphs.int8_matmulinteger import to_matmulinteger
+    from prune2deploy.model.load import load_tokenizer
     from prune2deploy.runtimes import onnxruntime as ort_rt
 
     export = int8_run / "export"
@@ -220,7 +220,7 @@ def test_matmulinteger_layout_equals_its_per_tensor_qdq_graph(int8_run, tmp_path
 def test_fake_quant_keeps_zeros_lands_on_the_int8_grid_and_passes_gradients():
     import torch
 
-    from prune2deploy.qat import fake_quant_act, fake_quant_weight
+    from prune2deploy.train.qat import fake_quant_act, fake_quant_weight
 
     w = torch.randn(6, 16)
     w[w.abs() < 0.5] = 0.0
@@ -319,7 +319,7 @@ def test_block4_pattern_through_export(tmp_path, tiny_model_dir, method):
         *extra,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    from prune2deploy.onnx_sparsity import load_initializers
+    from prune2deploy.graphs.onnx_sparsity import load_initializers
 
     rec = json.loads((out / "export" / "stage.json").read_text())["result"]
     assert rec["pattern"] == "block4" and abs(rec["encoder_sparsity"] - 0.7) < 1e-3
@@ -359,9 +359,9 @@ def test_percentile_calibration_cuts_outliers_minmax_keeps(int8_run, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from prune2deploy.benchmark import fixed_inputs
-    from prune2deploy.int8 import quantize_int8_static
-    from prune2deploy.models import load_tokenizer
+    from prune2deploy.measure.timing import fixed_inputs
+    from prune2deploy.graphs.int8 import quantize_int8_static
+    from prune2deploy.model.load import load_tokenizer
 
     export = int8_run / "export"
     tok = load_tokenizer(str(export))
@@ -388,7 +388,7 @@ def test_percentile_calibration_cuts_outliers_minmax_keeps(int8_run, tmp_path):
 def test_percentile_calibration_takes_at_most_64_inputs():
     """ORT's histogram calibrators keep every input's intermediate outputs: a percentile takes at
     most 64 inputs (256 squad inputs were killed for memory on 24 GiB); min-max takes all."""
-    from prune2deploy.int8 import calibration_count
+    from prune2deploy.graphs.int8 import calibration_count
 
     assert calibration_count("minmax", 256) == 256
     assert calibration_count("percentile-99.999", 256) == 64

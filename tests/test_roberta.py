@@ -8,7 +8,7 @@ from test_cli import p2d_smoke
 def test_roberta_smoke_pipeline(tmp_path):
     from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
 
     tok = AutoTokenizer.from_pretrained(
         resolve_model("minilm-l6")

@@ -54,7 +54,7 @@ def test_verify_refuses_a_manifest_model_outside_its_files(tmp_path):
 
 
 def test_a_corrupt_checkpoint_is_reported_not_silently_dropped(tmp_path, capsys):
-    from prune2deploy.training import load_checkpoint, save_checkpoint
+    from prune2deploy.train.loop import load_checkpoint, save_checkpoint
 
     path = tmp_path / "prune.pt"
     save_checkpoint(path, {"tag": "mine", "step": 7})

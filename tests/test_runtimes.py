@@ -17,10 +17,10 @@ from tests.test_cli import assert_user_error, p2d
 def sparse_onnx(tmp_path_factory):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
     from prune2deploy.pruning import gmp
     from prune2deploy.pruning import masks as M
-    from prune2deploy.onnx_export import export_onnx
+    from prune2deploy.graphs.onnx_export import export_onnx
     from prune2deploy.tasks.registry import get_task
     from tests.conftest import tiny_config
 
@@ -160,7 +160,7 @@ def test_bench_bad_inputs(sparse_onnx, tmp_path):
 
 
 def test_a_sparse_row_on_a_runtime_without_sparse_kernels_is_flagged_not_sold_as_a_speedup():
-    from prune2deploy.latency import NO_SPARSE_KERNEL, add_speedups, markdown
+    from prune2deploy.measure.bench_rows import NO_SPARSE_KERNEL, add_speedups, markdown
 
     def row(runtime, model, p50):
         return {
@@ -190,7 +190,7 @@ def test_a_sparse_row_on_a_runtime_without_sparse_kernels_is_flagged_not_sold_as
 
 def test_an_int8_sparse_row_is_not_flagged_against_its_runtimes_fp32_dense_row():
     # INT8 is real work saved, whatever the zeros: the note is for rows at their dense row's precision
-    from prune2deploy.latency import NO_SPARSE_KERNEL, add_speedups, markdown
+    from prune2deploy.measure.bench_rows import NO_SPARSE_KERNEL, add_speedups, markdown
 
     rows = [
         {"runtime": "onnxruntime", "precision": p, "model": m, "batch_size": 1, "seq_len": 128,
@@ -221,7 +221,7 @@ def test_openvino_bf16_is_timed_only_where_the_cpu_runs_bf16(sparse_onnx):
 def test_the_summary_names_a_cpu_runtime_the_bench_skipped_and_how_to_get_it():
     from rich.console import Console
 
-    from prune2deploy.report import summary_notes, summary_table
+    from prune2deploy.report.summary import summary_notes, summary_table
 
     report = {
         "task": "squad", "method": "gmp", "target_sparsity": 0.8, "profile": "default", "metric": "f1",

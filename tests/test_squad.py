@@ -53,7 +53,7 @@ class _Cfg:
 
 @pytest.fixture(scope="module")
 def tok():
-    from prune2deploy.models import load_tokenizer, resolve_model
+    from prune2deploy.model.load import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model("minilm-l6"))
 
@@ -112,8 +112,8 @@ def test_forward_batches_groups_by_length_and_returns_the_features_order(tiny_qa
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from prune2deploy.inference import forward_batches
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.inference import forward_batches
+    from prune2deploy.model.load import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
     lengths = [9, 3, 12, 5, 7, 4, 11]

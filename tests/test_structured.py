@@ -3,15 +3,14 @@ latency table's arithmetic, the target search, the OBS criterion, and `p2d run -
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
 from test_cli import assert_user_error, p2d, p2d_smoke
 
 from prune2deploy.errors import UserError
-from prune2deploy.latency_table import Table
-from prune2deploy.models import load_model
+from prune2deploy.measure.latency_table import Table
+from prune2deploy.model.load import load_model
 from prune2deploy.pruning import masks as M
 from prune2deploy.pruning.allocation import Curve, allocate
 from prune2deploy.pruning.structured import StructuredPruner, obs_curve, obs_update
@@ -229,7 +228,7 @@ def test_speedup_bad_input(args, needles):
 def test_speedup_on_a_model_it_cannot_restructure_is_refused_before_anything_runs(tmp_path):
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
 
     d = tmp_path / "tiny-distilbert"
     torch.manual_seed(0)
@@ -242,7 +241,7 @@ def test_speedup_on_a_model_it_cannot_restructure_is_refused_before_anything_run
 
 
 def test_a_bf16_latency_runtime_on_a_cpu_without_bf16_is_refused(monkeypatch):
-    import prune2deploy.machine as machine
+    import prune2deploy.measure.machine as machine
     from prune2deploy.run import _check_latency_runtime
 
     pytest.importorskip("openvino")
@@ -317,7 +316,7 @@ def test_ziplm_step_updates_the_kept_weights_to_lower_the_layers_output_error():
     """The OBS branch of the prune step: Hessians from forward hooks on calibration features,
     then the write-back into the kept columns; the layer's output error against the unmasked
     layer is lower than masking the same structures without the update."""
-    from prune2deploy.training import input_hessians
+    from prune2deploy.train.loop import input_hessians
 
     model = _qa()
     mods = M.prunable_modules(model)

@@ -68,14 +68,14 @@ def test_mnli_from_glue_layout_with_matched_and_mismatched(tmp_path):
 def test_grouped_accuracy_and_f1_are_computed_per_group(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    from prune2deploy.models import resolve_model
+    from prune2deploy.model.load import resolve_model
 
     recipe = load_recipe("mnli", "smoke", {"data.data_dir": str(mnli_dir(tmp_path)), "data.eval_examples": None})
     _, dev, _ = get_task("mnli").load(recipe)
     labels = np.array(dev["label"])
     pred = np.array([0, 1, 2, 0, 0, 0, 1, 1, 1, 1])  # fixed predictions, through a stub forward pass
 
-    import prune2deploy.inference as T
+    import prune2deploy.model.inference as T
 
     monkeypatch.setattr(T, "forward_batches", lambda model, feats, tok, bs, desc: (np.eye(3)[pred],))
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))

@@ -135,7 +135,7 @@ def test_token_classification_on_user_jsonl_end_to_end(ner_dir, tiny_model_dir, 
 
 
 def test_entity_f1_is_seqeval_and_first_subtoken_alignment(tiny_model_dir):
-    from prune2deploy.models import load_tokenizer
+    from prune2deploy.model.load import load_tokenizer
     from prune2deploy.recipe import DataConfig
     from prune2deploy.tasks.token_classification import entity_f1, train_features
     from datasets import Dataset
@@ -257,7 +257,7 @@ def test_bad_user_data_is_one_line_and_nothing_is_written(case, tiny_model_dir, 
 def test_the_default_profile_sizes_itself_to_the_data(ticket_dir, tiny_model_dir, tmp_path, monkeypatch):
     """data.time_budget_min: more epochs for little data (at most 3x), fewer examples for much;
     the measured rate is kept per machine (the same data sizes alike), a resumed run keeps its sizes."""
-    from prune2deploy import fit
+    from prune2deploy.train import budget as fit
     from prune2deploy.recipe import load_recipe
 
     base = {"model": str(tiny_model_dir), "data.data_dir": str(ticket_dir)}
@@ -293,7 +293,7 @@ def test_a_tight_budget_on_much_data_samples_it_down_to_the_floor(monkeypatch, t
     rate is per data set (other lengths, another rate)."""
     import datasets
 
-    from prune2deploy import fit
+    from prune2deploy.train import budget as fit
     from prune2deploy.recipe import load_recipe
 
     recipe = load_recipe("rotten_tomatoes", "default", {"data.time_budget_min": 0.01})

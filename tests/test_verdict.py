@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from prune2deploy import latency
+from prune2deploy.measure import bench_rows as latency
 from prune2deploy.recipe import BenchConfig
-from prune2deploy.report import summary_notes, summary_table, verdict
-from prune2deploy.runtimes.registry import EVALUATION_ONLY, Runtime
+from prune2deploy.report.summary import summary_notes, summary_table, verdict
+from prune2deploy.runtimes.registry import Runtime
 
 
 def _rt(name, shift):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..benchmark import time_calls
+from ..measure.timing import time_calls
 from ..errors import UserError
 from .registry import Runtime
 

@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 
-from ..benchmark import time_calls
+from ..measure.timing import time_calls
 from .registry import Runtime
 
 

@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 
-from ..benchmark import time_calls
+from ..measure.timing import time_calls
 from .registry import Runtime
 
 
@@ -27,7 +27,7 @@ def version() -> str:
 def bench(model_dir, inputs, threads, warmup, iters, min_time_s, device: str = "cpu", auto_class: str = "AutoModel"):
     import torch
 
-    from ..models import load_model
+    from ..model.load import load_model
 
     if device == "cpu" and threads:
         torch.set_num_threads(threads)

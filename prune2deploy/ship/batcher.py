@@ -8,8 +8,8 @@ tensors of different sequence lengths. Here requests are checked and padded to a
 then merged by rows of one shape, up to `max_rows`.
 
 `max_wait_s` (MLServer's `max_batch_time`): how long the first request of a batch waits for more
-while the runtime is idle (a batch that fills to `max_rows` goes at once). 0 (the default) adds no latency at concurrency 1; under load, requests
-queue while an inference runs and go together in the next.
+while the runtime is idle (a batch that fills to `max_rows` goes at once). 0 (the default) adds no
+latency at concurrency 1; under load, requests queue while an inference runs and go together in the next.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ FP32_ATOL = 1e-4
 
 
 def reference_atol(precision: str, reference: list[np.ndarray], same_runtime: bool) -> float:
-    from ..latency import tolerance
+    from ..measure.bench_rows import tolerance
 
     if same_runtime:
         scale = 1.0 if precision == "fp32" else 1.0 + max(float(np.abs(r).max()) for r in reference)
@@ -115,7 +115,7 @@ def reference_outputs(
     outputs (what `p2d verify` compares), and each serving runtime installed here's own outputs
     on the same graph with the tolerance it is checked with when served; a runtime not
     installed here is checked against ONNX Runtime's with the cross-runtime tolerance."""
-    from ..models import load_tokenizer
+    from ..model.load import load_tokenizer
     from ..runtimes import onnxruntime as ort_rt
     from ..runtimes.registry import _all
     from .serve import RUNTIMES

@@ -8,10 +8,10 @@ PyTorch before it is timed (`latency.bench_models`); the CPU is recorded with th
 from __future__ import annotations
 
 from ..files import write_json_atomic
-from ..latency import bench_models, chart, loadavg, markdown, reference_outputs
-from ..machine import cpu_info
-from ..models import load_tokenizer
-from ..int8 import OnnxAsModel
+from ..measure.bench_rows import bench_models, chart, loadavg, markdown, reference_outputs
+from ..measure.machine import cpu_info
+from ..model.load import load_tokenizer
+from ..graphs.int8 import OnnxAsModel
 from ..runtimes import onnxruntime as ort_rt
 from ..runtimes.registry import session_of
 from .common import StageContext, inputs_cache, setup

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import inside
-from ..models import load_model, resolve_model
+from ..model.load import load_model, resolve_model
 from ..tasks.registry import get_task
-from ..training import seed_everything, set_threads
+from ..train.loop import seed_everything, set_threads
 
 
 @dataclass(frozen=True)

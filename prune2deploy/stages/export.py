@@ -9,8 +9,8 @@ real task inputs within `export.atol`.
 from __future__ import annotations
 
 from ..errors import VerificationError
-from ..models import load_model, load_tokenizer
-from ..onnx_export import export_onnx, parity, verify_against_masks, verify_structure
+from ..model.load import load_model, load_tokenizer
+from ..graphs.onnx_export import export_onnx, parity, verify_against_masks, verify_structure
 from ..pruning import masks as M
 from .common import StageContext, prune_masks, setup
 

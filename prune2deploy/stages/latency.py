@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..files import write_json_atomic
-from ..latency_table import fastest_runtime, measure
-from ..models import load_config, load_tokenizer
+from ..measure.latency_table import fastest_runtime, measure
+from ..model.load import load_config, load_tokenizer
 from .common import StageContext, inputs_cache, setup
 
 NEEDS = ()
@@ -65,8 +65,8 @@ def reused_table(recipe):
     FFN width, at this run's bench shapes, timed on graphs exported as this run exports them,
     on a runtime installed here. UserError otherwise."""
     from ..files import read_json
-    from ..latency_table import EXPORTER, Table
-    from ..models import resolve_model
+    from ..measure.latency_table import EXPORTER, Table
+    from ..model.load import resolve_model
     from ..runtimes.registry import get_runtime
 
     p = recipe.prune

@@ -11,14 +11,14 @@ from dataclasses import replace
 
 import torch
 
-from .. import distributed as D
+from ..train import distributed as D
 from ..errors import UserError, VerificationError
 from ..files import write_json_atomic
-from ..models import load_model, load_tokenizer
+from ..model.load import load_model, load_tokenizer
 from ..pruning import masks as M
 from ..pruning.registry import get_method, settings_for
 from ..pruning.schedule import make_plan
-from ..training import FitConfig, fit, gradient_stream, input_hessians
+from ..train.loop import FitConfig, fit, gradient_stream, input_hessians
 from .common import StageContext, checkpoint_path, load_teacher, setup, train_data
 
 NEEDS = ("latency", "teacher")
@@ -89,7 +89,7 @@ def run(ctx: StageContext) -> dict:
         )
     resources = {}
     if structured:
-        from ..latency_table import Table
+        from ..measure.latency_table import Table
         from ..files import read_json
         from ..pruning.structures import Structure
 
@@ -185,8 +185,8 @@ def _timer(ctx, task, tokenizer, config, table):
     another CPU (a reused table: this machine's timings would not be the target's)."""
     import torch
 
-    from ..latency_table import ShapeTimer
-    from ..machine import cpu_info
+    from ..measure.latency_table import ShapeTimer
+    from ..measure.machine import cpu_info
     from ..progress import log
     from .common import inputs_cache
 

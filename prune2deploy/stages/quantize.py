@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 
 from ..files import write_json_atomic
-from ..int8 import (
+from ..graphs.int8 import (
     OnnxAsModel,
     calibration_batches,
     calibration_count,
@@ -30,8 +30,8 @@ from ..int8 import (
     quantize_int8,
     quantize_int8_static,
 )
-from ..int8_matmulinteger import to_matmulinteger
-from ..models import load_tokenizer
+from ..graphs.int8_matmulinteger import to_matmulinteger
+from ..model.load import load_tokenizer
 from ..progress import log
 from .common import StageContext, setup
 
@@ -64,7 +64,7 @@ def run(ctx: StageContext) -> dict:
         if t.get("onnx_name") and "[" not in t["onnx_name"]
     ]
     if recipe.export.qat_epochs > 0:  # fine-tune with fake INT8, re-export, quantize that graph
-        from .. import qat
+        from ..train import qat
         from .common import load_teacher, prune_masks
 
         qat_info, checked = qat.finetune(

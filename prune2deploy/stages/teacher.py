@@ -11,12 +11,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .. import distributed as D
+from ..train import distributed as D
 from ..files import hash_dir, read_json, sha256_json, write_json_atomic
-from ..models import load_config, load_model, load_tokenizer, resolve_model
+from ..model.load import load_config, load_model, load_tokenizer, resolve_model
 from ..progress import log
 from ..tasks.labels import head_of
-from ..training import FitConfig, fit
+from ..train.loop import FitConfig, fit
 from .common import StageContext, setup, train_data
 
 NEEDS: tuple[str, ...] = ()

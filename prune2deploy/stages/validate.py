@@ -7,7 +7,7 @@ sparse model to `predictions.json` (and the dense model's to `predictions_dense.
 from __future__ import annotations
 
 from ..files import write_json_atomic
-from ..models import load_model, load_tokenizer
+from ..model.load import load_model, load_tokenizer
 from .common import StageContext, setup
 
 

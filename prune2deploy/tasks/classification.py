@@ -119,7 +119,7 @@ def binary_f1(pred: np.ndarray, labels: np.ndarray) -> float:
 def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval", f1: bool = False):
     """Accuracy (and binary F1 when asked); with a `group` column (MNLI matched/mismatched),
     `accuracy` is over the first group and `accuracy_<group>` over each other one."""
-    from ..inference import forward_batches
+    from ..model.inference import forward_batches
 
     groups = examples["group"] if "group" in examples.column_names else None
     if groups is not None:

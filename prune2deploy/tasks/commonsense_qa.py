@@ -115,7 +115,7 @@ def train_features(tokenizer, examples, data_cfg):
 
 
 def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 16, description: str = "eval"):
-    from ..inference import forward_batches
+    from ..model.inference import forward_batches
 
     features = train_features(tokenizer, examples, data_cfg)
     labels = np.array(features["labels"])

@@ -35,7 +35,7 @@ def _is_number(v) -> bool:
 
 def head_of(recipe, auto_class: str) -> list[str] | None:
     """The label names of the model's own head of this task's class, or None (no such head)."""
-    from ..models import load_config, resolve_model
+    from ..model.load import load_config, resolve_model
 
     if not recipe.model:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..benchmark import fixed_inputs
+from ..measure.timing import fixed_inputs
 from ..errors import UserError
 
 

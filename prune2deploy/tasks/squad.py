@@ -224,7 +224,7 @@ def postprocess(examples, features, start_logits: np.ndarray, end_logits: np.nda
 
 
 def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval"):
-    from ..inference import forward_batches
+    from ..model.inference import forward_batches
 
     features = eval_features(tokenizer, examples, data_cfg)
     start, end = forward_batches(

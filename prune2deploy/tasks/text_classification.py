@@ -21,7 +21,8 @@ AUTO_CLASS = "AutoModelForSequenceClassification"
 
 def _rows(path, d) -> list[dict]:
     rows = read_rows(path)
-    need_columns(path, rows, (d.text_column, d.label_column), "set --set data.text_column=... --set data.label_column=...")
+    need_columns(path, rows, (d.text_column, d.label_column),
+                 "set --set data.text_column=... --set data.label_column=...")
     pair = d.text_pair_column if d.text_pair_column in rows[0] else None
     out = []
     for i, r in enumerate(rows):

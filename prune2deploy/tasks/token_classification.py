@@ -54,7 +54,8 @@ def _rows(path: Path, d) -> list[dict]:
     if path.suffix.lower() in CONLL:
         return read_conll(path)
     rows = read_rows(path)
-    need_columns(path, rows, (d.tokens_column, d.tags_column), "set --set data.tokens_column=... --set data.tags_column=...")
+    need_columns(path, rows, (d.tokens_column, d.tags_column),
+                 "set --set data.tokens_column=... --set data.tags_column=...")
     out = []
     for i, r in enumerate(rows, 1):
         tokens, tags = r[d.tokens_column], r[d.tags_column]
@@ -138,7 +139,7 @@ def entity_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
 
 
 def evaluate(model, tokenizer, examples, data_cfg, batch_size: int = 32, description: str = "eval"):
-    from ..inference import forward_batches
+    from ..model.inference import forward_batches
 
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     features = train_features(tokenizer, examples, data_cfg)

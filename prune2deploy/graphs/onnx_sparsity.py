@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, VerificationError
+from ..errors import UserError, VerificationError
 
 
 def load_initializers(path: str | Path) -> dict[str, np.ndarray]:

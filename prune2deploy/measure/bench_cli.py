@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def bench_path(path: Path, dense, runtime, batch_sizes, seq_lens, threads, out, force) -> None:
     import torch
 
-    from .recipe import BenchConfig, _coerce
-    from .report import build_report, print_bench
-    from .files import write_json_atomic
+    from ..recipe import BenchConfig, _coerce
+    from ..report.summary import build_report, print_bench
+    from ..files import write_json_atomic
 
     over = {}
     if runtime:
@@ -27,7 +27,7 @@ def bench_path(path: Path, dense, runtime, batch_sizes, seq_lens, threads, out, 
         raise UserError("--batch-sizes and --seq-lens must be positive")
     path = Path(path)
     if path.is_dir():
-        from .run import load_run_recipe, run_stage
+        from ..run import load_run_recipe, run_stage
 
         recipe = load_run_recipe(path)
         recipe = dataclasses.replace(
@@ -39,7 +39,7 @@ def bench_path(path: Path, dense, runtime, batch_sizes, seq_lens, threads, out, 
         return
     if path.suffix != ".onnx" and not path.is_file():
         raise UserError(f"{path}: neither a run dir nor an ONNX file")
-    from .latency import bench_onnx_files
+    from .bench_rows import bench_onnx_files
 
     cfg = dataclasses.replace(BenchConfig(runtimes=("onnxruntime",)), **over)
     rows = bench_onnx_files(path, dense, cfg, n_threads or torch.get_num_threads(), out)

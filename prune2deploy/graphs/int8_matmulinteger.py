@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VerificationError
+from ..errors import VerificationError
 
 
 def to_matmulinteger(src: Path, dst: Path) -> int:

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from .onnx_sparsity import require_ok, verify
-from .runtimes import onnxruntime as ort_rt
-from .inference import logits_of
+from ..runtimes import onnxruntime as ort_rt
+from ..model.inference import logits_of
 
 
 def export_onnx(model_dir: str | Path, task, opset: int, dest: Path) -> None:
     """Export with optimum into a temp dir, then move model.onnx to `dest`."""
-    from .models import load_config, load_model
+    from ..model.load import load_config, load_model
 
     compact = bool(getattr(load_config(str(model_dir)), "p2d_structure", None))
     if compact:  # per-layer widths: built by p2d's loader, exported from the model object
@@ -85,10 +85,10 @@ def verify_structure(model, onnx_path: Path, widths: dict[str, list[int]]) -> di
     and content (found by content, as stored: transposed for MatMul). Raises VerificationError."""
     from torch import nn
 
-    from .errors import VerificationError
+    from ..errors import VerificationError
     from .onnx_sparsity import _digest, load_initializers
-    from .pruning.masks import _encoder
-    from .pruning.structures import widths_of
+    from ..pruning.masks import _encoder
+    from ..pruning.structures import widths_of
 
     got = widths_of(model)
     if got != widths:

@@ -11,9 +11,9 @@ import base64
 import html
 from pathlib import Path
 
-from .errors import UserError
-from .files import read_json
-from .report import BENCH_COLUMNS, row_accuracy
+from ..errors import UserError
+from ..files import read_json
+from .summary import BENCH_COLUMNS, row_accuracy
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .inference import collate, feature_lengths, logits_of, model_inputs, token_level
-from .progress import Bar, warn
+from ..model.inference import collate, feature_lengths, logits_of, model_inputs, token_level
+from ..progress import Bar, warn
 
 
 def seed_everything(seed: int) -> None:
@@ -54,7 +54,7 @@ def training_loss(
     training and oBERT's gradient stream differentiate. `teacher_logits`: the teacher's outputs
     for this batch when already known (`TeacherOutputs`); else the teacher runs. `kd_hidden` > 0
     adds that weight of token-level hidden-state distillation (the teacher then runs every step)."""
-    from .pruning import distill
+    from ..pruning import distill
 
     hidden = teacher is not None and kd_hidden > 0
     out = model(**batch, output_hidden_states=True) if hidden else model(**batch)
@@ -192,7 +192,7 @@ def fit(
     log (losses, pruning events).
     """
     from . import distributed as D
-    from .pruning import masks as M
+    from ..pruning import masks as M
 
     device = D.device()  # a GPU when there is one (this rank's, with several processes)
     model.to(device)

@@ -17,13 +17,12 @@ with, and what `Table.refit` folds back in.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .progress import Bar, log
+from ..progress import Bar, log
 
 # Production runtimes a latency target can be measured on (DeepSparse: evaluation licence, and
 # its speed comes from zeros, not widths).
@@ -105,7 +104,7 @@ class Table:
     def check_fits(self, config, shapes: list[list[int]], exporter: str, opset: int, source: str) -> None:
         """Refuse (UserError) a table measured for another model shape, other bench shapes or
         other graphs than the ones this run exports."""
-        from .errors import UserError
+        from ..errors import UserError
 
         want = {"layers": config.num_hidden_layers, "heads": config.num_attention_heads,
                 "FFN width": getattr(config, "intermediate_size", None)}
@@ -134,7 +133,7 @@ EXPORTER = "optimum"
 
 
 def _export(model, export_task: str, opset: int, path: Path) -> None:
-    from .onnx_export import export_model
+    from ..graphs.onnx_export import export_model
 
     export_model(model, export_task, opset, path)
 
@@ -145,7 +144,7 @@ def _variant(config, auto_class: str, layers: int, heads, ffn):
     import torch
     import transformers
 
-    from .pruning.structures import shape
+    from ..pruning.structures import shape
 
     heads = [heads] * layers if isinstance(heads, int) else list(heads)
     ffn = [ffn] * layers if isinstance(ffn, int) else list(ffn)
@@ -164,7 +163,7 @@ def measure(config, task, runtime: str, shapes: list[tuple[int, int]], threads: 
     """Time the variants on `runtime` (its registry name) at `shapes`; `inputs_for(b, s)` gives
     the inputs (the same real examples the bench times); graphs exported as `task` ships them."""
     from .machine import cpu_info
-    from .runtimes.registry import get_runtime
+    from ..runtimes.registry import get_runtime
 
     auto_class = task.auto_class
 
@@ -230,8 +229,8 @@ def measure(config, task, runtime: str, shapes: list[tuple[int, int]], threads: 
 
 def fastest_runtime(config, task, shapes, threads: int, inputs_for, opset: int) -> tuple[str, dict[str, float]]:
     """The production runtime on which the dense model runs fastest here (mean time over the shapes)."""
-    from .runtimes.registry import get_runtime
-    from .errors import UserError
+    from ..runtimes.registry import get_runtime
+    from ..errors import UserError
 
     seen: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,7 +257,7 @@ class ShapeTimer:
 
     def __init__(self, config, task, runtime: str, shapes, threads: int, inputs_for, opset: int,
                  rounds: int = 3, warmup: int = 3, iters: int = 10, min_time_s: float = 0.5):
-        from .runtimes.registry import get_runtime
+        from ..runtimes.registry import get_runtime
 
         self.config, self.task, self.runtime, self.shapes = config, task, runtime, [tuple(s) for s in shapes]
         self.rt, self.threads, self.inputs_for, self.opset = get_runtime(runtime), threads, inputs_for, opset

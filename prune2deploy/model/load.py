@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 # Families whose encoder layers are BERT-shaped (Q/K/V/output, FFN in/out Linears).
 BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "deberta", "deberta-v2"}
@@ -140,7 +140,7 @@ def _load_compact(model: str, cls, config, overrides: dict):
     from the config, then load the saved weights into it, every tensor accounted for."""
     from safetensors.torch import load_file
 
-    from .pruning.structures import shape
+    from ..pruning.structures import shape
 
     for k, v in overrides.items():
         setattr(config, k, v)

@@ -7,8 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .files import read_json
-from .stages import STAGES as STAGE_NAMES
+from ..files import read_json
+from ..stages import STAGES as STAGE_NAMES
 
 
 def build_report(recipe, run_dir: Path) -> dict:
@@ -90,7 +90,7 @@ def verdict(report: dict, gate: float) -> dict | None:
     with the best worst-case speedup over the shapes against the best dense option; with its
     runtime's licence. An evaluation-only runtime (DeepSparse) is never the choice; a faster
     row of one that keeps the gate is mentioned beside it."""
-    from .runtimes.registry import EVALUATION_ONLY, licence_of
+    from ..runtimes.registry import EVALUATION_ONLY, licence_of
 
     rows = [r for r in report.get("bench") or [] if "p50_ms" in r and r.get("speedup_vs_best_dense")]
     metric = report.get("metric")
@@ -209,7 +209,7 @@ def summary_table(report: dict) -> Table:
 
 def summary_notes(report: dict) -> list[str]:
     """The lines under the table: footnotes, refused rows, what was not benched, the verdict."""
-    from .runtimes.registry import EVALUATION_ONLY, cpu_runtimes, licence_of, not_installed
+    from ..runtimes.registry import EVALUATION_ONLY, cpu_runtimes, licence_of, not_installed
 
     notes = []
     rows = report.get("bench") or []

@@ -16,8 +16,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .files import read_json
-from .progress import log
+from ..files import read_json
+from ..progress import log
 
 KD_COST = 1.3  # a prune step over a teacher step (the teacher's forward pass for KD)
 TRAINING_SHARE = 0.8  # of the budget: the rest is evaluation, export, bench
@@ -29,9 +29,9 @@ def step_rate(recipe, task, train, labels) -> float:
     """Training examples per second of this model on this machine (forward, backward, AdamW)."""
     import torch
 
-    from .inference import collate
-    from .models import load_model, load_tokenizer, resolve_model
-    from .training import autocast
+    from ..model.inference import collate
+    from ..model.load import load_model, load_tokenizer, resolve_model
+    from .loop import autocast
 
     model_dir = resolve_model(recipe.model)
     tokenizer = load_tokenizer(model_dir)
@@ -57,7 +57,7 @@ def step_rate(recipe, task, train, labels) -> float:
 
 def data_digest(train, batch_size: int) -> str:
     """What the step rate depends on in the data: the examples `step_rate` times (their lengths)."""
-    from .files import sha256_json
+    from ..files import sha256_json
 
     return sha256_json([dict(r) for r in train.select(range(min(len(train), batch_size * 2)))])[:16]
 
@@ -67,8 +67,8 @@ def cached_rate(recipe, run_dir: Path, measure, data: str = "") -> float:
     `data_digest` of the examples timed), kept beside the run dirs (`<runs>/_fit/`): runs of the
     same data on this machine get the same sizes, and so share their teacher (cached by its recipe);
     other data, with other lengths, is measured again."""
-    from .files import sha256_json, write_json_atomic
-    from .machine import cpu_label
+    from ..files import sha256_json, write_json_atomic
+    from ..measure.machine import cpu_label
 
     key = {"model": recipe.model, "task": recipe.task, "max_length": recipe.data.max_length,
            "batch_size": recipe.teacher.batch_size, "precision": recipe.precision,
@@ -91,7 +91,7 @@ def fit_to_data(recipe, run_dir: Path, force: bool = False):
         return recipe
     old = Path(run_dir) / "recipe.json"
     if old.is_file() and not force:  # resuming: the sizes chosen when the run began
-        from .recipe import Recipe, _build
+        from ..recipe import Recipe, _build
 
         kept = _build(Recipe, read_json(old), str(old))
         if kept.data.time_budget_min == d.time_budget_min:
@@ -99,7 +99,7 @@ def fit_to_data(recipe, run_dir: Path, force: bool = False):
             return replace(recipe, data=kept.data, teacher=kept.teacher, prune=replace(
                 recipe.prune, epochs=kept.prune.epochs, prune_start=kept.prune.prune_start,
                 prune_end=kept.prune.prune_end, prune_freq=kept.prune.prune_freq))
-    from .tasks.registry import get_task
+    from ..tasks.registry import get_task
 
     task = get_task(recipe.task)
     train, _, info = task.load(recipe)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .benchmark import fixed_inputs, summarize
-from .files import write_json_atomic
+from .timing import fixed_inputs, summarize
+from ..files import write_json_atomic
 from .machine import cpu_info
-from .models import load_tokenizer
-from .progress import log, track
-from .runtimes.registry import EVALUATION_ONLY, licence_of, not_installed, resolve, skips_zeros
+from ..model.load import load_tokenizer
+from ..progress import log, track
+from ..runtimes.registry import EVALUATION_ONLY, licence_of, not_installed, resolve, skips_zeros
 
 TOLERANCE = {"fp32": 5e-3, "bf16": 0.5}  # max |logit - torch fp32 logit|
 # An INT8 graph is checked against ONNX Runtime on the same graph (its accuracy on the task is
@@ -39,7 +39,7 @@ def tolerance(precision: str, ref: list[np.ndarray]) -> float:
 def reference_outputs(model_dir: str, auto_class: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     import torch
 
-    from .models import load_model
+    from ..model.load import load_model
 
     model = load_model(model_dir, auto_class).eval()
     with torch.inference_mode():
@@ -231,9 +231,9 @@ def bench_onnx_files(model: Path, dense: Path | None, bench_cfg, threads: int, o
     Inputs: the tokenizer beside the model when there is one (texts from a fixed sentence),
     else random token ids; the reference outputs are ONNX Runtime's on the same file.
     """
-    from .errors import UserError
-    from .onnx_sparsity import load_initializers
-    from .runtimes import onnxruntime as ort_rt
+    from ..errors import UserError
+    from ..graphs.onnx_sparsity import load_initializers
+    from ..runtimes import onnxruntime as ort_rt
 
     for p in [model] + ([dense] if dense else []):
         if not Path(p).is_file():

@@ -73,10 +73,10 @@ def finetune(recipe, task, teacher, sparse_dir, masks: dict, out: Path) -> tuple
     (`attach`), `masks` held; the result is saved (`out/qat_model`), exported to
     `out/model.qat.onnx` and its sparsity verified against the masks tensor by tensor, as the
     export stage does. Returns (info, the checked ONNX weight names)."""
-    from .models import load_model, load_tokenizer
-    from .onnx_export import export_onnx, verify_against_masks
-    from .pruning import masks as M
-    from .training import FitConfig, fit
+    from ..model.load import load_model, load_tokenizer
+    from ..graphs.onnx_export import export_onnx, verify_against_masks
+    from ..pruning import masks as M
+    from .loop import FitConfig, fit
 
     e, p = recipe.export, recipe.prune
     student = load_model(str(sparse_dir), task.auto_class, task.num_labels, recipe.attention_dropout)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .errors import VerificationError
+from ..errors import VerificationError
 
 CALIBRATION_EXAMPLES = 64
 # ORT's histogram calibrators (percentile) hold every calibration input's intermediate outputs in
@@ -169,7 +169,7 @@ class OnnxAsModel:
         """`session(path, threads) -> run`: the runtime to run it on (default ONNX Runtime);
         `config`: the model's (default: the config.json beside the graph, as export writes it),
         which a task's evaluation may read (token classification: its label names)."""
-        from .runtimes import onnxruntime as ort_rt
+        from ..runtimes import onnxruntime as ort_rt
 
         self.run = (session or ort_rt.load)(path, threads)
         self.output_names = output_names

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import OtherRankFailed, OutOfStep, UserError
+from ..errors import OtherRankFailed, OutOfStep, UserError
 
 _accelerator = None
 _local = 0  # > 0 inside `local()`: this process acts alone (no collectives)
@@ -213,7 +213,7 @@ def broadcast_masks_and_weights(modules: dict) -> None:
     """Rank 0's masks and weights of the prunable modules on every rank."""
     if not active():
         return
-    from .pruning import masks as M
+    from ..pruning import masks as M
 
     for module in modules.values():
         torch.distributed.broadcast(module.weight.data, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .progress import Bar
+from ..progress import Bar
 
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
