@@ -240,6 +240,37 @@ def test_fake_quant_keeps_zeros_lands_on_the_int8_grid_and_passes_gradients():
     assert (xq - x).abs().max() <= 4.0 / 255 / 2 + 1e-6 and len(torch.unique(xq)) <= 256
 
 
+def test_qat_fake_quantizes_every_weight_matmul_on_the_calibrated_ranges(tiny_qa):
+    """QAT rounds what the static graph rounds: every Linear (the QA head's too), with each input
+    range the one min-max calibration computes on the same inputs, held during training."""
+    import numpy as np
+    import torch
+
+    from prune2deploy.train import qat
+
+    linears = qat.weight_linears(tiny_qa)
+    assert "qa_outputs" in linears and any("intermediate" in n for n in linears)
+    rng = np.random.default_rng(0)
+    batches = [{"input_ids": rng.integers(1000, 2000, (4, 12)).astype(np.int64),
+                "attention_mask": np.ones((4, 12), np.int64), "token_type_ids": np.zeros((4, 12), np.int64)}
+               for _ in range(3)]
+    seen = []
+    handle = tiny_qa.qa_outputs.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    ranges = qat.calibrate(tiny_qa, linears, batches)
+    handle.remove()
+    x = torch.cat([s.flatten() for s in seen])
+    assert ranges["qa_outputs"] == (pytest.approx(float(x.min())), pytest.approx(float(x.max())))
+    qat.attach(linears, ranges=ranges)
+    tiny_qa.train()
+    tiny_qa(**{k: torch.from_numpy(v) for k, v in batches[0].items()})
+    assert tuple(float(v) for v in tiny_qa.qa_outputs.qat_range) == pytest.approx(ranges["qa_outputs"])  # held
+    out = tiny_qa.qa_outputs(torch.full((1, tiny_qa.config.hidden_size), 1e3))  # clamps at the calibrated range
+    qat.detach(linears)
+    ref = tiny_qa.qa_outputs(torch.full((1, tiny_qa.config.hidden_size), ranges["qa_outputs"][1]))
+    assert torch.allclose(out, ref, atol=0.2 * float(ref.detach().abs().max()) + 1e-3)
+    assert "forward" not in tiny_qa.qa_outputs.__dict__
+
+
 def test_qat_then_static_int8_pipeline(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     res = p2d_smoke(

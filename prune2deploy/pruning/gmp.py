@@ -40,6 +40,10 @@ class GMP:
     def history(self) -> list[dict]:
         return self.structured.history if self.structured is not None else []
 
+    def prepare(self, modules: dict) -> None:
+        if self.structured is not None:
+            self.structured.prepare(modules)
+
     def state_dict(self) -> dict | None:
         return self.structured.state_dict() if self.structured is not None else None
 

@@ -18,8 +18,9 @@ from ..model.load import load_model, load_tokenizer
 from ..pruning import masks as M
 from ..pruning.registry import get_method, settings_for
 from ..pruning.schedule import make_plan
-from ..train.loop import FitConfig, fit, gradient_stream, input_hessians
-from .common import StageContext, checkpoint_path, load_teacher, setup, train_data
+from ..pruning import structured_target
+from ..train.loop import FitConfig, fit, gradient_stream
+from .common import StageContext, checkpoint_path, inputs_cache, load_teacher, setup, train_data
 
 NEEDS = ("latency", "teacher")
 READS = ("task", "model", "seed", "precision", "attention_dropout", "data", "prune")
@@ -88,27 +89,12 @@ def run(ctx: StageContext) -> dict:
             world=D.world_size(),
         )
     resources = {}
-    if structured:
-        from ..measure.latency_table import Table
-        from ..files import read_json
-        from ..pruning.structures import Structure
-
-        table = Table.from_dict(read_json(ctx.path("latency", "table")))
-        resources = {
-            "structure": Structure.of(student, modules),
-            "latency": table,
-            "widths": p.widths,
-            "timer": _timer(ctx, task, tokenizer, student.config, table),
-            "final_sparsity": plan.prune_steps[-1][1] if plan.prune_steps else None,
-        }
-        if hasattr(settings, "calibration_examples"):
-            wanted = set(resources["structure"].norm_names().values())
-            resources["norms"] = {n: m for n, m in student.named_modules() if n in wanted}
-            resources["hessians"] = input_hessians(
-                student, features, tokenizer, modules, settings.calibration_examples, settings.batch_size,
-                precision=recipe.precision, seed=recipe.seed, description=f"{p.method} hessians",
-                norms=resources["norms"],
-            )
+    if structured:  # structures, latency table and loop timer, Hessians: pruning/structured_target.py
+        _, dev, _ = task.load(recipe)
+        resources = structured_target.resources(
+            recipe, task, tokenizer, student, modules, features, settings, ctx.path("latency", "table"),
+            plan.prune_steps[-1][1] if plan.prune_steps else None,
+            lambda: inputs_cache(task, tokenizer, task.sample_inputs(dev, 64)), D.rank())
     method = get_method(p.method)(
         settings,
         p.scope,
@@ -119,8 +105,8 @@ def run(ctx: StageContext) -> dict:
         events=[step for step, _ in plan.prune_steps],
         **resources,
     )
-    if structured and getattr(method, "structured", None) is not None:
-        method.structured.prepare(modules)  # the latency loop before training (rank 0, when it can time)
+    if hasattr(method, "prepare"):
+        method.prepare(modules)  # before training (structured: the latency loop, on rank 0 where it can time)
     cfg = FitConfig(
         total_steps=plan.total_steps,
         batch_size=p.batch_size,
@@ -152,8 +138,8 @@ def run(ctx: StageContext) -> dict:
 
     masks = M.get_masks(modules)
     if structured:
-        return _finish_structured(ctx, student, tokenizer, modules, masks, resources, method, plan, train_log,
-                                  scale, steps_per_epoch, data_info)
+        return {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method, train_log),
+                **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks)}
     try:
         if nm:
             M.check_pattern(masks, *nm)
@@ -179,31 +165,6 @@ def run(ctx: StageContext) -> dict:
     }
 
 
-def _timer(ctx, task, tokenizer, config, table):
-    """The latency loop's timer (`latency_table.ShapeTimer`) on the table's runtime, or None: the
-    loop off, another rank (rank 0 measures; its masks are broadcast), or a table measured on
-    another CPU (a reused table: this machine's timings would not be the target's)."""
-    import torch
-
-    from ..measure.latency_table import ShapeTimer
-    from ..measure.machine import cpu_info
-    from ..progress import log
-    from .common import inputs_cache
-
-    recipe = ctx.recipe
-    if not recipe.prune.latency_loop or D.rank() != 0:
-        return None
-    here = cpu_info()["model"]
-    if table.cpu and table.cpu != here:
-        log(f"[yellow]latency loop off: the table was measured on {table.cpu}, this is {here}; the widths are "
-            "the table's prediction (measure them there: p2d bench)[/yellow]")
-        return None
-    _, dev, _ = task.load(recipe)
-    inputs_for = inputs_cache(task, tokenizer, task.sample_inputs(dev, 64))
-    return ShapeTimer(config, task, table.runtime, table.shapes, recipe.threads or torch.get_num_threads(),
-                      inputs_for, recipe.export.opset)
-
-
 def _schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks) -> dict:
     """The record fields every prune run has: its schedule, data, the masks' sparsity, its files."""
     report = M.sparsity_report(masks)
@@ -222,51 +183,4 @@ def _schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks) -> di
         },
         "model_dir": "prune/model",
         "masks": "prune/masks.safetensors",
-    }
-
-
-def _finish_structured(ctx, student, tokenizer, modules, masks, resources, method, plan, train_log, scale,
-                       steps_per_epoch, data_info) -> dict:
-    """Check that whole structures were removed, save the masked model (what export checks the
-    compact one against) and the compact model (what ships), and record the widths."""
-    from ..pruning.structures import compact, counts, widths_of
-
-    out, p = ctx.out, ctx.recipe.prune
-    structure, table = resources["structure"], resources["latency"]
-    try:
-        structure.check(masks)
-    except AssertionError as e:
-        raise VerificationError(f"prune: masks do not remove whole structures: {e}") from None
-    for name, module in modules.items():
-        if bool((module.weight[~getattr(module, M.MASK)] != 0).any()):
-            raise VerificationError(f"prune: {name} has non-zero weights under its mask")
-    kept = structure.kept(modules)
-    student.save_pretrained(out / "masked", safe_serialization=True)
-    M.save_masks(masks, out / "masks.safetensors")
-    for module in modules.values():  # the mask buffers go; the compact model has none
-        del module._buffers[M.MASK]
-    compact(student, kept)
-    student.save_pretrained(out / "model", safe_serialization=True)
-    tokenizer.save_pretrained(out / "model")
-    widths = counts(kept)
-    if widths_of(student) != widths:
-        raise VerificationError(f"prune: compact widths {widths_of(student)} are not the kept ones {widths}")
-    write_json_atomic(out / "train_log.json", {**train_log, "structured_steps": getattr(method, "history", [])})
-    full = {"heads": [layer.heads for layer in structure.layers], "ffn": [layer.ffn for layer in structure.layers]}
-    return {
-        "method": p.method,
-        "pattern": M.STRUCTURED,
-        "target_speedup": p.target_speedup,
-        "latency_runtime": table.runtime,
-        "predicted_speedup": round(1.0 / table.relative(widths), 4),
-        "predicted_ms": [round(x, 3) for x in table.ms(widths)],
-        # the latency loop: target, predicted and measured speedup per shape, before training and at the end
-        "latency_loop": getattr(getattr(method, "structured", None), "loops", {}) or None,
-        "dense_ms": table.full_ms,
-        "shapes": table.shapes,
-        "widths": widths,
-        "full_widths": full,
-        "kept_heads": kept["heads"],
-        **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks),
-        "masked_model_dir": "prune/masked",
     }

@@ -1,0 +1,107 @@
+"""What a `--speedup X` run's prune stage hands the method and keeps afterwards.
+
+`resources`: the removable structures, the latency table (and, on rank 0 where it can time, the
+latency loop's timer on the table's runtime), and for a second-order criterion the layer-input
+Hessians with the LayerNorm scales that put every module's loss in one unit. `finish`: whole
+structures checked, the masked model saved (what export checks the compact one against), the
+compact model saved (what ships), and the record's structured fields: widths, the table's
+prediction and the latency loop's measurements.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import VerificationError
+from ..files import read_json, write_json_atomic
+from ..progress import log
+from . import masks as M
+
+
+def resources(recipe, task, tokenizer, student, modules, features, settings, table_path: Path, final_sparsity,
+              inputs_for, rank: int) -> dict:
+    from ..measure.latency_table import Table
+    from ..train.loop import input_hessians
+    from .structures import Structure
+
+    p = recipe.prune
+    table = Table.from_dict(read_json(table_path))
+    structure = Structure.of(student, modules)
+    out = {
+        "structure": structure,
+        "latency": table,
+        "widths": p.widths,
+        "timer": timer(recipe, task, student.config, table, inputs_for, rank),
+        "final_sparsity": final_sparsity,
+    }
+    if hasattr(settings, "calibration_examples"):  # ZipLM: OBS with the layer-input Hessians
+        wanted = set(structure.norm_names().values())
+        out["norms"] = {n: m for n, m in student.named_modules() if n in wanted}
+        out["hessians"] = input_hessians(
+            student, features, tokenizer, modules, settings.calibration_examples, settings.batch_size,
+            precision=recipe.precision, seed=recipe.seed, description=f"{p.method} hessians", norms=out["norms"],
+        )
+    return out
+
+
+def timer(recipe, task, config, table, inputs_for, rank: int):
+    """The latency loop's timer (`measure.latency_table.ShapeTimer`) on the table's runtime, or
+    None: the loop off, another rank (rank 0 measures; its masks are broadcast), or a table
+    measured on another CPU (a reused table: this machine's timings would not be the target's)."""
+    import torch
+
+    from ..measure.latency_table import ShapeTimer
+    from ..measure.machine import cpu_info
+
+    if not recipe.prune.latency_loop or rank != 0:
+        return None
+    here = cpu_info()["model"]
+    if table.cpu and table.cpu != here:
+        log(f"[yellow]latency loop off: the table was measured on {table.cpu}, this is {here}; the widths are "
+            "the table's prediction (measure them there: p2d bench)[/yellow]")
+        return None
+    return ShapeTimer(config, task, table.runtime, table.shapes, recipe.threads or torch.get_num_threads(),
+                      inputs_for(), recipe.export.opset)
+
+
+def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, train_log: dict) -> dict:
+    """Check, save the masked and the compact model, and return the record's structured fields."""
+    from .structures import compact, counts, widths_of
+
+    structure, table = res["structure"], res["latency"]
+    try:
+        structure.check(masks)
+    except AssertionError as e:
+        raise VerificationError(f"prune: masks do not remove whole structures: {e}") from None
+    for name, module in modules.items():
+        if bool((module.weight[~getattr(module, M.MASK)] != 0).any()):
+            raise VerificationError(f"prune: {name} has non-zero weights under its mask")
+    kept = structure.kept(modules)
+    student.save_pretrained(out / "masked", safe_serialization=True)
+    M.save_masks(masks, out / "masks.safetensors")
+    for module in modules.values():  # the mask buffers go; the compact model has none
+        del module._buffers[M.MASK]
+    compact(student, kept)
+    student.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+    widths = counts(kept)
+    if widths_of(student) != widths:
+        raise VerificationError(f"prune: compact widths {widths_of(student)} are not the kept ones {widths}")
+    write_json_atomic(out / "train_log.json", {**train_log, "structured_steps": getattr(method, "history", [])})
+    full = {"heads": [layer.heads for layer in structure.layers], "ffn": [layer.ffn for layer in structure.layers]}
+    return {
+        "method": p.method,
+        "pattern": M.STRUCTURED,
+        "target_speedup": p.target_speedup,
+        "latency_runtime": table.runtime,
+        "predicted_speedup": round(1.0 / table.relative(widths), 4),
+        "predicted_ms": [round(x, 3) for x in table.ms(widths)],
+        # the latency loop: target, predicted and measured speedup per shape, before training and at the end
+        "latency_loop": getattr(getattr(method, "structured", None), "loops", {}) or None,
+        "dense_ms": table.full_ms,
+        "shapes": table.shapes,
+        "widths": widths,
+        "full_widths": full,
+        "kept_heads": kept["heads"],
+        "masked_model_dir": "prune/masked",
+    }
