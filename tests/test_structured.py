@@ -355,3 +355,48 @@ def test_ziplm_step_updates_the_kept_weights_to_lower_the_layers_output_error():
         assert err(mods[n].weight.detach()) < err(before[n])
         changed += 1
     assert changed >= 2  # attention and FFN output projections alike
+
+
+def test_uniform_search_sees_past_a_plateau_of_the_table():
+    """Attention costs the same at 5-8 heads (AMX-like steps): one head saves nothing, four save a
+    step. The one-step search thins the FFN instead; trying every head count finds the cheaper
+    removal of four heads."""
+    L, H, W = 2, 8, 64
+    t = Table(runtime="openvino-bf16", shapes=[[1, 128]], layers=L, heads=H, ffn=W,
+              full_ms=[1.0 + L * (0.5 + 0.4)], floor_ms=[1.0],
+              attn_ms=[[0.0, 0.2, 0.2, 0.2, 0.2, 0.5, 0.5, 0.5, 0.5]], ffn_widths=[0, W], ffn_ms=[[0.0, 0.4]],
+              scale=[1.0])
+    attn = _curves(L, H, [1.0, 1.0])  # a head costs 1.0
+    convex = [0.0] + [0.002 * k + (0.05 * (k - 32) ** 2 / 2 if k > 32 else 0.0) for k in range(1, W + 1)]
+    ffn = [Curve(list(range(W)), convex, 0) for _ in range(L)]
+    budget = (1.0 + L * (0.2 + 0.4)) / t.full_ms[0]  # exactly what removing four heads everywhere saves
+    u = allocate(attn, ffn, t, budget, uniform=True)
+    assert u == {"attn": [4, 4], "ffn": [0, 0]}
+    g = allocate(attn, ffn, t, budget)  # per layer, one step at a time: the FFN goes first
+    loss = lambda r: sum(c.loss[x] for c, x in zip(attn, r["attn"])) + sum(c.loss[x] for c, x in zip(ffn, r["ffn"]))  # noqa: E731
+    assert loss(u) < loss(g)
+
+
+def test_the_pruner_removes_whole_attention_modules_when_the_table_makes_them_cheapest():
+    """Attention that costs the same at any head count but none: only removing it whole saves
+    time, so a target the FFN cannot meet alone empties every attention block (a tiny BERT,
+    magnitude losses, a stand-in table); the compact model builds and computes the masked one."""
+    model = _qa()
+    mods = M.prunable_modules(model)
+    M.attach_masks(mods)
+    st = Structure.of(model, mods)
+    t = Table(runtime="onnxruntime", shapes=[[1, 16]], layers=3, heads=4, ffn=64,
+              full_ms=[1.0 + 3 * (1.0 + 0.2)], floor_ms=[1.0], attn_ms=[[0.0, 1.0, 1.0, 1.0, 1.0]],
+              ffn_widths=[0, 64], ffn_ms=[[0.0, 0.2]], scale=[1.0])
+    pruner = StructuredPruner("magnitude", st, t, uniform=True)
+    pruner.prune_step(mods, 0.6)  # 2.5x: the FFN alone gives at most 4.6 / 4.0
+    kept = st.kept(mods)
+    assert [len(h) for h in kept["heads"]] == [0, 0, 0]
+    x = _inputs()
+    with torch.no_grad():
+        masked = model(**x).start_logits
+    for m in mods.values():
+        del m._buffers[M.MASK]
+    compact(model, kept)
+    with torch.no_grad():
+        assert torch.allclose(model(**x).start_logits, masked, atol=1e-5)
