@@ -83,3 +83,19 @@ def tiny_cls():
 def clean_dir(tmp_path):
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+class PadTokenizer:
+    """Just enough of a tokenizer for `collate`: pads nothing (the features share one length)."""
+
+    pad_token_id = 0
+
+    def pad(self, feats, return_tensors="pt", **kw):
+        return {k: torch.tensor([f[k] for f in feats]) for k in feats[0]}
+
+
+def random_features(n: int, length: int = 16, seed: int = 0) -> list[dict]:
+    """`n` training features of random token ids, all of `length` tokens."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(1000, 2000, (length,), generator=g).tolist(), "attention_mask": [1] * length,
+             "token_type_ids": [0] * length} for _ in range(n)]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import PadTokenizer, random_features, tiny_config
 from test_cli import assert_user_error, p2d_smoke
 
 from prune2deploy.measure.latency_table import Table
@@ -209,17 +209,11 @@ def test_ziplm_hessians_are_float64_products_under_bf16_autocast(tiny_qa):
 
     mods = M.prunable_modules(tiny_qa)
     name = next(n for n in mods if n.endswith("output.dense") and "attention" not in n)
-    g = torch.Generator().manual_seed(0)
-    features = [{"input_ids": torch.randint(1000, 2000, (16,), generator=g).tolist(), "attention_mask": [1] * 16,
-                 "token_type_ids": [0] * 16} for _ in range(4)]
+    features = random_features(4, 16)
     seen = []
     handle = mods[name].register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
 
-    class Tok:
-        pad_token_id = 0
-
-        def pad(self, feats, return_tensors="pt", **kw):
-            return {k: torch.tensor([f[k] for f in feats]) for k in feats[0]}
+    Tok = PadTokenizer
 
     try:
         H = input_hessians(tiny_qa, features, Tok(), mods, 4, 4, precision="bf16")([name])[name]
@@ -245,15 +239,9 @@ def test_obs_losses_in_one_unit_divide_by_the_layernorm_input_variance(tiny_qa):
     ln = norms[ln_names[f]]
     seen = []
     handle = ln.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
-    g = torch.Generator().manual_seed(0)
-    features = [{"input_ids": torch.randint(1000, 2000, (16,), generator=g).tolist(), "attention_mask": [1] * 16,
-                 "token_type_ids": [0] * 16} for _ in range(4)]
+    features = random_features(4, 16)
 
-    class Tok:
-        pad_token_id = 0
-
-        def pad(self, feats, return_tensors="pt", **kw):
-            return {k: torch.tensor([f[k] for f in feats]) for k in feats[0]}
+    Tok = PadTokenizer
 
     try:
         got = input_hessians(tiny_qa, features, Tok(), mods, 4, 4, precision="fp32", norms=norms)([f, ln_names[f]])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import PadTokenizer, random_features, tiny_config
 from test_cli import assert_user_error, p2d, p2d_smoke
 
 from prune2deploy.errors import UserError
@@ -320,15 +320,9 @@ def test_ziplm_step_updates_the_kept_weights_to_lower_the_layers_output_error():
 
     model = _qa()
     mods = M.prunable_modules(model)
-    g = torch.Generator().manual_seed(0)
-    features = [{"input_ids": torch.randint(1000, 2000, (12,), generator=g).tolist(), "attention_mask": [1] * 12,
-                 "token_type_ids": [0] * 12} for _ in range(16)]
+    features = random_features(16, 12)
 
-    class Tok:
-        pad_token_id = 0
-
-        def pad(self, feats, return_tensors="pt", **kw):
-            return {k: torch.tensor([f[k] for f in feats]) for k in feats[0]}
+    Tok = PadTokenizer
 
     names = [n for n in mods if n.endswith("output.dense")]
     seen = {n: [] for n in names}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import masks as M
+from .structured import StructuredMethod
 
 
 def prune_step(modules, sparsity: float, scope: str, ctx=None) -> None:
@@ -22,7 +23,7 @@ class Settings:
         pass
 
 
-class GMP:
+class GMP(StructuredMethod):
     about = "gradual magnitude pruning (GMP*), |w| saliency, cubic schedule; with --speedup: heads/FFN neurons by norm"
     Settings = Settings
 
@@ -35,21 +36,6 @@ class GMP:
 
             self.structured = StructuredPruner("magnitude", structure, latency, widths == "uniform", timer=timer,
                                                final_sparsity=final_sparsity)
-
-    @property
-    def history(self) -> list[dict]:
-        return self.structured.history if self.structured is not None else []
-
-    def prepare(self, modules: dict) -> None:
-        if self.structured is not None:
-            self.structured.prepare(modules)
-
-    def state_dict(self) -> dict | None:
-        return self.structured.state_dict() if self.structured is not None else None
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.structured is not None and state:
-            self.structured.load_state_dict(state)
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
         if self.structured is not None:

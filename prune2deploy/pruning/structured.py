@@ -234,3 +234,25 @@ class StructuredPruner:
         self.history.append({"target_speedup": round(1 / budget, 4), "predicted_speedup": round(1 / predicted, 4), **c})
         log(f"[dim]structured → {1 / budget:.2f}x (predicted {1 / predicted:.2f}x on {self.table.runtime}): "
             f"heads {c['heads']}, FFN {c['ffn']}[/dim]")
+
+
+class StructuredMethod:
+    """What a method with a structured branch hands the prune stage from its `structured` pruner
+    (None: the method is pruning unstructured): the history, `prepare`, the checkpointed state."""
+
+    structured: StructuredPruner | None = None
+
+    @property
+    def history(self) -> list[dict]:
+        return self.structured.history if self.structured is not None else []
+
+    def prepare(self, modules: dict) -> None:
+        if self.structured is not None:
+            self.structured.prepare(modules)
+
+    def state_dict(self) -> dict | None:
+        return self.structured.state_dict() if self.structured is not None else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.structured is not None and state:
+            self.structured.load_state_dict(state)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import UserError
-from .structured import StructuredPruner
+from .structured import StructuredMethod, StructuredPruner
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Settings:
                 raise UserError(f"prune.options.ziplm.{f.name} must be > 0, got {getattr(self, f.name)}")
 
 
-class ZipLM:
+class ZipLM(StructuredMethod):
     about = "ZipLM: heads and FFN neurons by OBS saliency with the layer-input Hessian, to a latency target"
     Settings = Settings
 
@@ -39,21 +39,6 @@ class ZipLM:
         self.structured = StructuredPruner("obs", structure, latency, widths == "uniform", hessians, settings.damp,
                                            timer=timer, final_sparsity=final_sparsity,
                                            norms=norms if settings.normalize else None)
-
-    @property
-    def history(self) -> list[dict]:
-        return self.structured.history
-
-    def prepare(self, modules: dict) -> None:
-        if self.structured is not None:
-            self.structured.prepare(modules)
-
-    def state_dict(self) -> dict | None:
-        return self.structured.state_dict() if self.structured is not None else None
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.structured is not None and state:
-            self.structured.load_state_dict(state)
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
         self.structured.prune_step(modules, sparsity)
