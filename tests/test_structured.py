@@ -297,7 +297,7 @@ def test_speedup_with_static_int8_quantizes_the_compact_model(tmp_path, tiny_mod
     assert q["quantize"] == "int8-static" and q["tensors"] > 0  # every compact encoder weight quantized
     assert {r["model"] for r in rep["bench"]} >= {"sparse", "sparse-int8", "dense-int8"}
     assert all(r.get("structured") for r in rep["bench"] if r["model"].startswith("sparse"))
-    assert rep["verdict"]["line"].startswith("ship: ")
+    assert rep["verdict"]["line"].startswith("ship: ") and "vs the best dense" in rep["verdict"]["line"]
 
 
 def test_table_targets_the_worst_shape_and_follows_its_anchors():
