@@ -394,3 +394,31 @@ def test_the_pruner_removes_whole_attention_modules_when_the_table_makes_them_ch
     compact(model, kept)
     with torch.no_grad():
         assert torch.allclose(model(**x).start_logits, masked, atol=1e-5)
+
+
+def test_events_on_the_way_head_for_the_final_widths():
+    """A gradual schedule: an early event's cheapest removal (FFN: its first 48 neurons cost
+    almost nothing) would strip what the final target keeps (it removes three heads and keeps the
+    FFN whole), and structures never come back. An event removes only towards the final widths."""
+    L, H, W = 3, 4, 64
+    t = Table(runtime="openvino-bf16", shapes=[[1, 16]], layers=L, heads=H, ffn=W, full_ms=[1.0 + L * 1.0],
+              floor_ms=[1.0], attn_ms=[[0.0, 0.2, 0.4, 0.6, 0.8]], ffn_widths=[0, W], ffn_ms=[[0.0, 0.2]],
+              scale=[1.0])
+    attn = _curves(L, H, [1.0] * L)
+    cheap = [0.0] + [1e-4 * k if k <= 48 else 48e-4 + (k - 48) for k in range(1, W + 1)]
+    ffn = [Curve(list(range(W)), cheap, 0) for _ in range(L)]
+
+    class Pruner(StructuredPruner):
+        def _curves(self, modules):
+            return attn, ffn, None
+
+    model = _qa()
+    mods = M.prunable_modules(model)
+    M.attach_masks(mods)
+    st = Structure.of(model, mods)
+    final = allocate(attn, ffn, t, 0.55, uniform=True)
+    assert final == {"attn": [3] * L, "ffn": [0] * L}
+    assert allocate(attn, ffn, t, 0.95, uniform=True)["ffn"][0] > 0  # alone, the early event thins the FFN
+    Pruner("magnitude", st, t, uniform=True, final_sparsity=0.45).prune_step(mods, 0.05)
+    kept = st.kept(mods)
+    assert [len(f) for f in kept["ffn"]] == [W] * L and [len(h) for h in kept["heads"]] == [H - 1] * L

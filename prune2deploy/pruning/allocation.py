@@ -32,9 +32,11 @@ def _step(size: int) -> int:
     return max(1, round(size / 64))  # FFN neurons go in chunks (~64 chunks a layer)
 
 
-def allocate_uniform(attn: list[Curve], ffn: list[Curve], table, budget: float) -> dict[str, list[int]]:
+def allocate_uniform(attn: list[Curve], ffn: list[Curve], table, budget: float,
+                     at_least: tuple[int, int] = (0, 0)) -> dict[str, list[int]]:
     """The uniform widths (h heads, w FFN neurons in every layer; w in steps of `_step`, or 0)
-    that meet `table.relative <= budget` at the least summed loss; structures already removed
+    that meet `table.relative <= budget` at the least summed loss, keeping at least `at_least`
+    (heads, FFN width: the widths the final target is headed for); structures already removed
     stay removed. Raises UserError when even removing everything misses it."""
     H, W, L = table.heads, len(ffn[0].order), len(attn)
     h_top = H - max(c.removed for c in attn)
@@ -42,8 +44,8 @@ def allocate_uniform(attn: list[Curve], ffn: list[Curve], table, budget: float) 
     chunk = _step(W)
     widths = sorted({max(0, w_top - k * chunk) for k in range(w_top // chunk + 2)}, reverse=True)
     best = None
-    for h in range(h_top, -1, -1):
-        for w in widths:  # the widest FFN that meets the budget with h heads (time falls with w)
+    for h in range(h_top, min(at_least[0], h_top) - 1, -1):
+        for w in (x for x in widths if x >= min(at_least[1], w_top)):  # the widest FFN that meets the budget
             if table.relative({"heads": [h] * L, "ffn": [w] * L}) <= budget + 1e-12:
                 loss = sum(c.loss[H - h] for c in attn) + sum(c.loss[W - w] for c in ffn)
                 if best is None or loss < best[0] - 1e-12:

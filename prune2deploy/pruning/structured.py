@@ -23,9 +23,10 @@ import json
 
 import torch
 
+from ..errors import UserError
 from ..progress import log
 from . import masks as M
-from .allocation import Curve, _step, allocate
+from .allocation import Curve, _step, allocate, allocate_uniform
 from .latency_loop import close_loop
 from .structures import Structure, counts
 
@@ -210,6 +211,15 @@ class StructuredPruner:
         if self.timer is not None and final:
             res = self._loop(attn, ffn, budget, "final")
             removed = res.chosen.removal if res.chosen else self._search(attn, ffn, budget)(self.table)[0]
+        elif self.uniform and self.final_sparsity is not None:
+            # an event on the way: towards the widths the final target picks on today's curves,
+            # never past them (a structure removed now cannot come back for the final choice)
+            try:
+                final = allocate_uniform(attn, ffn, self.table, 1.0 - self.final_sparsity)
+                at_least = (st.layers[0].heads - final["attn"][0], st.layers[0].ffn - final["ffn"][0])
+            except UserError:  # out of reach from here on this table: the event alone decides
+                at_least = (0, 0)
+            removed = allocate_uniform(attn, ffn, self.table, budget, at_least)
         else:
             removed = allocate(attn, ffn, self.table, budget, self.uniform)
         before = st.kept(modules)
