@@ -165,7 +165,10 @@ def test_smoke_writes_report_and_onnx(smoke_run):
     assert report["onnx"]["encoder_sparsity"] == pytest.approx(0.8, abs=1e-6)
     assert report["onnx"]["max_abs_diff"] <= 1e-3
     rows = report["bench"]
-    assert {r["model"] for r in rows} == {"dense", "sparse"}
+    # the dense model's static INT8 is timed without --quantize: a best-dense candidate, scored on its runtime
+    assert {r["model"] for r in rows} == {"dense", "sparse", "dense-int8"}
+    int8 = next(r for r in rows if r["model"] == "dense-int8")
+    assert int8["precision"] == "int8" and 0 <= int8["accuracy"] <= 100 and int8["accuracy_examples"] > 0
     for r in rows:
         assert {"runtime", "model", "batch_size", "seq_len", "p50_ms", "p90_ms", "throughput"} <= set(r)
         assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"]
