@@ -77,6 +77,9 @@ class PruneConfig:
     # the final widths (and, before training, the table) are measured on the target runtime as
     # the artifact ships, and corrected until the target holds at every bench shape
     latency_loop: bool = True
+    # what the loop measures X against on the target runtime: "best" (the dense model or its static
+    # INT8, whichever is faster there: what a user would ship instead) or "dense" (the float model)
+    latency_reference: str = "best"
     kd_hidden: float = 0.0  # weight of token-level hidden-state distillation (ZipLM), added to the KD loss
     include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
     include_head: bool = False
@@ -408,6 +411,8 @@ def validate(r: Recipe) -> None:
         raise UserError("pattern 'structured' needs a target: pass --speedup X (e.g. --speedup 2)")
     if structured and r.export.qat_epochs > 0:
         raise UserError("export.qat_epochs: QAT fine-tunes a masked model; with --speedup use int8-static, no QAT")
+    if r.prune.latency_reference not in ("best", "dense"):
+        raise UserError(f"prune.latency_reference must be best or dense, got '{r.prune.latency_reference}'")
     if r.prune.widths not in ("per_layer", "uniform"):
         raise UserError(f"prune.widths must be per_layer or uniform, got '{r.prune.widths}'")
     if r.prune.kd_hidden < 0:

@@ -170,7 +170,8 @@ def test_the_table_times_graphs_exported_as_the_artifact_ships(monkeypatch, tmp_
     # the fake's cost is additive in the weights, so the table predicts a whole model of other widths
     L, H, W = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size
     odd = {"heads": [1] * L, "ffn": [W * 3 // 8] * L}
-    dense_ms, ms = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1)(odd)
+    dense_ms, ms = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1,
+                                reference="dense")(odd)
     assert t.ms(odd)[0] == pytest.approx(ms[0], rel=1e-3)
     assert t.full_ms[0] == pytest.approx(dense_ms[0], rel=1e-6)
     assert t.ms({"heads": [H] * L, "ffn": [W] * L})[0] == pytest.approx(t.full_ms[0], rel=1e-6)
@@ -252,3 +253,32 @@ def test_obs_losses_in_one_unit_divide_by_the_layernorm_input_variance(tiny_qa):
     with torch.no_grad():
         ln.weight.fill_(3.0)
     assert StructuredPruner._unit(torch.tensor(2.0, dtype=torch.float64), ln) == pytest.approx(9.0 / 2.0)
+
+
+def test_the_loop_times_against_dense_int8_where_it_is_the_faster_dense_option(monkeypatch, tiny_model_dir):
+    """reference="best": the dense model's static INT8 is timed in the same rounds; where the
+    runtime runs it faster than the float model, it is the dense figure the speedup is over."""
+    import prune2deploy.runtimes.registry as registry
+    from prune2deploy.measure.latency_table import ShapeTimer
+    from prune2deploy.model.load import load_config
+    from prune2deploy.tasks.registry import get_task
+
+    class Int8Faster(_FakeRuntime):
+        def bench(self, path, inputs, *a, **kw):
+            t, out = super().bench(path, inputs, *a, **kw)
+            quantized = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+            return [x * (0.5 if quantized else 1.0) for x in t], out
+
+    fake = Int8Faster()
+    monkeypatch.setattr(registry, "get_runtime", lambda name: fake)
+    cfg = load_config(str(tiny_model_dir))
+    L, W = cfg.num_hidden_layers, cfg.intermediate_size
+    half = {"heads": [1] * L, "ffn": [W // 2] * L}
+    task = get_task("squad")
+    best = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1)
+    dense_ms, ms = best(half)
+    assert best.references == ["dense-int8"]
+    plain = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1, reference="dense")
+    float_ms, ms2 = plain(half)
+    assert plain.references == ["dense"] and ms2 == ms
+    assert dense_ms[0] < float_ms[0]  # the speedup is over the faster dense option

@@ -253,17 +253,23 @@ class ShapeTimer:
     """`timer(counts) -> (dense_ms, ms)` per shape: a random-weight model of widths `counts`,
     exported as the artifact ships, timed on `runtime` beside the dense model, interleaved
     (dense, pruned, dense, pruned, ...) `rounds` times; each figure the median of its rounds'
-    medians, so a drift of the machine moves both alike."""
+    medians, so a drift of the machine moves both alike. With `reference="best"` the dense figure
+    is the faster of the dense model and its static INT8 (calibrated on the bench inputs) on that
+    runtime, both timed in the same rounds: the best dense option a user could ship there;
+    `self.references` says which, per shape."""
 
     def __init__(self, config, task, runtime: str, shapes, threads: int, inputs_for, opset: int,
-                 rounds: int = 3, warmup: int = 3, iters: int = 10, min_time_s: float = 0.5):
+                 rounds: int = 3, warmup: int = 3, iters: int = 10, min_time_s: float = 0.5,
+                 reference: str = "best"):
         from ..runtimes.registry import get_runtime
 
         self.config, self.task, self.runtime, self.shapes = config, task, runtime, [tuple(s) for s in shapes]
         self.rt, self.threads, self.inputs_for, self.opset = get_runtime(runtime), threads, inputs_for, opset
         self.rounds, self.warmup, self.iters, self.min_time_s = rounds, warmup, iters, min_time_s
+        self.reference = reference
         self._tmp = tempfile.TemporaryDirectory()
-        self._dense: Path | None = None
+        self._dense: list[tuple[str, Path]] | None = None
+        self.references: list[str] = []
 
     def _graph(self, counts: dict[str, list[int]], name: str) -> Path:
         path = Path(self._tmp.name) / f"{name}.onnx"
@@ -272,19 +278,32 @@ class ShapeTimer:
                 self.task.export_task, self.opset, path)
         return path
 
-    def __call__(self, counts: dict[str, list[int]]) -> tuple[list[float], list[float]]:
+    def _dense_graphs(self) -> list[tuple[str, Path]]:
         L, H, W = self.config.num_hidden_layers, self.config.num_attention_heads, self.config.intermediate_size
+        dense = self._graph({"heads": [H] * L, "ffn": [W] * L}, "dense")
+        graphs = [("dense", dense)]
+        if self.reference == "best":
+            from ..graphs.int8 import quantize_int8_static
+
+            int8 = Path(self._tmp.name) / "dense.int8.onnx"
+            quantize_int8_static(dense, int8, [self.inputs_for(b, s) for b, s in self.shapes])
+            graphs.append(("dense-int8", int8))
+        return graphs
+
+    def __call__(self, counts: dict[str, list[int]]) -> tuple[list[float], list[float]]:
         if self._dense is None:
-            self._dense = self._graph({"heads": [H] * L, "ffn": [W] * L}, "dense")
+            self._dense = self._dense_graphs()
         pruned = self._graph(counts, "pruned")
-        dense_ms, ms = [], []
+        dense_ms, ms, self.references = [], [], []
         for b, s in self.shapes:
             x = self.inputs_for(b, s)
-            d, p = [], []
+            times: dict[str, list[float]] = {name: [] for name, _ in self._dense + [("pruned", pruned)]}
             for _ in range(self.rounds):
-                for path, into in ((self._dense, d), (pruned, p)):
+                for name, path in self._dense + [("pruned", pruned)]:
                     t, _ = self.rt.bench(path, x, self.threads, self.warmup, self.iters, self.min_time_s)
-                    into.append(float(np.median(t)))
-            dense_ms.append(round(float(np.median(d)), 4))
-            ms.append(round(float(np.median(p)), 4))
+                    times[name].append(float(np.median(t)))
+            best = min((name for name, _ in self._dense), key=lambda n: float(np.median(times[n])))
+            self.references.append(best)
+            dense_ms.append(round(float(np.median(times[best])), 4))
+            ms.append(round(float(np.median(times["pruned"])), 4))
         return dense_ms, ms

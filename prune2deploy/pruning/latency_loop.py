@@ -30,6 +30,7 @@ class Measured:
     predicted: list[float]  # the table's speedup per shape before this measurement
     dense_ms: list[float]
     ms: list[float]
+    reference: list[str] = field(default_factory=list)  # per shape: the dense graph timed against
 
     @property
     def speedups(self) -> list[float]:
@@ -57,6 +58,7 @@ class LoopResult:
             "measured_speedup": per_shape(c.speedups) if c else None,
             "dense_ms": per_shape(c.dense_ms) if c else None,
             "ms": per_shape(c.ms) if c else None,
+            "reference": ({f"b{b}s{s}": r for (b, s), r in zip(shapes, c.reference)} or None) if c else None,
             "rounds": [{"heads": m.counts["heads"], "ffn": m.counts["ffn"], "predicted": per_shape(m.predicted),
                         "measured": per_shape(m.speedups)} for m in self.trail],
         }
@@ -80,11 +82,12 @@ def close_loop(search: Callable, table, timer: Callable, target: float, max_roun
             break  # the table agrees with its measurements here: settled
         predicted = [f / p for f, p in zip(t.full_ms, t.ms(counts))]
         dense_ms, ms = timer(counts)
-        m = Measured(counts, removal, loss, predicted, dense_ms, ms)
+        refs = list(getattr(timer, "references", []))
+        m = Measured(counts, removal, loss, predicted, dense_ms, ms, refs)
         if min(m.speedups) < target <= min(m.speedups) * (1 + retime):  # a near miss: time it again
             d2, m2 = timer(counts)
             m = Measured(counts, removal, loss, predicted, [(a + b) / 2 for a, b in zip(dense_ms, d2)],
-                         [(a + b) / 2 for a, b in zip(ms, m2)])
+                         [(a + b) / 2 for a, b in zip(ms, m2)], refs)
         measured[key] = m
         trail.append(m)
         log(f"[dim]latency loop{label}: heads {counts['heads']}, FFN {counts['ffn']}: predicted "

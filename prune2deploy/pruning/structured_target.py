@@ -61,7 +61,7 @@ def timer(recipe, task, config, table, inputs_for, rank: int):
             "the table's prediction (measure them there: p2d bench)[/yellow]")
         return None
     return ShapeTimer(config, task, table.runtime, table.shapes, recipe.threads or torch.get_num_threads(),
-                      inputs_for(), recipe.export.opset)
+                      inputs_for(), recipe.export.opset, reference=recipe.prune.latency_reference)
 
 
 def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, train_log: dict) -> dict:

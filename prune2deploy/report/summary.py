@@ -257,8 +257,10 @@ def _loop_line(st: dict | None) -> str | None:
     pred = " / ".join(f"{final['predicted_speedup'][k]:.2f}x" for k in keys)
     meas = " / ".join(f"{final['measured_speedup'][k]:.2f}x" for k in keys)
     verdict = "met" if final.get("met") else "MISSED"
+    refs = sorted(set((final.get("reference") or {}).values())) or ["dense"]
     return (f"--speedup {final['target_speedup']:g} {verdict} on {final['runtime']} at {at}: table predicted {pred}, "
-            f"measured {meas} (random-weight twin vs dense, interleaved; the bench below times the trained graphs)")
+            f"measured {meas} (random-weight twin vs {' / '.join(refs)} there, interleaved; the bench below times "
+            "the trained graphs)")
 
 
 # The bench table's columns, one table for the terminal (`print_bench`) and the HTML page:
