@@ -139,7 +139,7 @@ def test_report_renders_in_headless_chromium(sweep, tmp_path):
 
 
 def test_pareto_front_keeps_only_undominated_points():
-    from prune2deploy.report.summary.html import pareto
+    from prune2deploy.report.html import pareto
 
     pts = [(1.0, 50.0), (2.0, 60.0), (3.0, 55.0), (0.5, 40.0), (2.5, 60.0), (1.0, 45.0)]
     assert pareto(pts) == [(0.5, 40.0), (1.0, 50.0), (2.0, 60.0)]
@@ -148,7 +148,7 @@ def test_pareto_front_keeps_only_undominated_points():
 def test_latency_rows_carry_each_rows_own_accuracy():
     """INT8 MatMulInteger rows get their graph's accuracy (not the fp32 model's), and a row the
     bench scored on its runtime gets that score."""
-    from prune2deploy.report.summary.html import latency_rows
+    from prune2deploy.report.html import latency_rows
 
     rep = {"task": "squad", "method": "gmp", "target_sparsity": 0.8, "metric": "f1", "run_dir": "r",
            "metrics": {"dense": {"f1": 60.0}, "sparse": {"f1": 57.0}},
