@@ -416,11 +416,21 @@ def serve_check(
 @app.command()
 def sweep(
     task: str = typer.Argument(..., help="Task name (see `p2d tasks`)."),
-    sparsity: str = typer.Option("0.5,0.7,0.8,0.9,0.95", "--sparsity", "-s", help="Comma-separated target sparsities."),
-    method: str = typer.Option("gmp", "--method", "-m", help="Comma-separated methods (see `p2d methods`)."),
+    sparsity: Optional[str] = typer.Option(
+        None, "--sparsity", "-s", help="Comma-separated target sparsities (default 0.5,0.7,0.8,0.9,0.95)."
+    ),
+    speedup: Optional[str] = typer.Option(
+        None, "--speedup", help="Comma-separated structured targets instead (e.g. 1.5,2,3; as `p2d run --speedup`)."
+    ),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="Comma-separated methods (see `p2d methods`; default gmp, ziplm with --speedup)."
+    ),
+    seed: Optional[str] = typer.Option(
+        None, "--seed", help="Comma-separated seeds: every point once per seed (run dirs end in -seed<N>)."
+    ),
     profile: str = typer.Option("default", "--profile", "-p", help="smoke | default | paper"),
     root: Path = typer.Option(
-        Path("runs"), "--root", help="Where the point run dirs go (<root>/<task>-<method>-<sparsity>)."
+        Path("runs"), "--root", help="Where the point run dirs go (<root>/<task>-<method>-<target>)."
     ),
     model: Optional[str] = typer.Option(None, "--model"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
@@ -431,20 +441,52 @@ def sweep(
     recipe_file: Optional[Path] = typer.Option(None, "--recipe"),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override any recipe field for every point."),
     force: bool = typer.Option(False, "--force", help="Reuse run dirs made for another config."),
+    engine: str = typer.Option(
+        "local", "--engine", help="local: the points one after another here | ray: each point a Ray task."
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address",
+        help="With --engine ray: the cluster, HOST:PORT (ray://HOST:PORT, auto); default a local one started here.",
+    ),
+    cpus_per_point: Optional[float] = typer.Option(
+        None, "--cpus-per-point", help="With --engine ray: CPUs a point takes (default the recipe's threads, or 1)."
+    ),
+    gpus_per_point: Optional[float] = typer.Option(None, "--gpus-per-point", help="With --engine ray (default 0)."),
+    memory_gb_per_point: Optional[float] = typer.Option(
+        None, "--memory-gb-per-point", help="With --engine ray: memory a point reserves (default none)."
+    ),
+    retries: Optional[int] = typer.Option(
+        None, "--retries", help="With --engine ray: restarts of a point whose worker died (default 3)."
+    ),
 ) -> None:
-    """Run the pipeline at several sparsities (and methods), sharing the teacher; re-run resumes."""
+    """Run the pipeline at several targets (methods, seeds), sharing the teacher; re-run resumes."""
     bad = {"n": 0}
 
     def go():
         from .sweep import parse_list, plan_points, run_sweep
 
+        ray_options = {"address": address, "cpus": cpus_per_point, "gpus": gpus_per_point,
+                       "memory_gb": memory_gb_per_point, "retries": retries}
+        ray_options = {k: v for k, v in ray_options.items() if v is not None}
+        if engine != "ray" and ray_options:
+            raise UserError("--address, --cpus-per-point, --gpus-per-point, --memory-gb-per-point and --retries "
+                            "apply to --engine ray")
+        if speedup is not None and sparsity is not None:
+            raise UserError("--speedup (structured) and --sparsity (unstructured) are two kinds of target: pass one")
         overrides = _overrides(
             sets, **{"model": model, "data.data_dir": data_dir, "bench.runtimes": runtime, "export.quantize": quantize}
         )
         points = plan_points(
-            task, profile, parse_list(sparsity, "sparsity", float), parse_list(method, "method"), overrides, recipe_file
+            task,
+            profile,
+            None if speedup is not None else parse_list(sparsity or "0.5,0.7,0.8,0.9,0.95", "sparsity", float),
+            parse_list(method or ("ziplm" if speedup is not None else "gmp"), "method"),
+            overrides,
+            recipe_file,
+            speedups=parse_list(speedup, "speedup", float) if speedup is not None else None,
+            seeds=parse_list(seed, "seed", int) if seed is not None else None,
         )
-        summary = run_sweep(points, root, force=force)
+        summary = run_sweep(points, root, force=force, engine=engine, seeded=seed is not None, **ray_options)
         bad["n"] = sum(p["status"] != "done" for p in summary["points"])
         print(f"sweep summary: {summary['path']}")
 

@@ -259,7 +259,19 @@ def preflight(recipe: Recipe) -> None:
         reused_table(recipe)
 
 
+def teacher_cache(recipe: Recipe, run_dir: Path) -> Path:
+    """Where the teacher stage caches this run's teacher: the runs that share it train it once."""
+    return stage_module("teacher").cache_dir(Path(run_dir), recipe)
+
+
+def stages_through(stage: str) -> tuple[str, ...]:
+    """The pipeline's stages up to and including `stage`."""
+    return STAGES[: STAGES.index(stage) + 1]
+
+
 def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
+    """Run `stages` in a run dir; the whole pipeline ends with its report (returned; {} on a
+    rank other than 0 and after part of the stages)."""
     from .report.summary import build_report, print_summary
 
     preflight(recipe)
@@ -276,7 +288,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES
             if fresh and not records and D.is_main():
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-    if not D.is_main():
+    if not D.is_main() or tuple(stages) != STAGES:
         return {}
     report = build_report(recipe, run_dir)
     write_json_atomic(run_dir / "report.json", report)

@@ -70,12 +70,14 @@ def test_layering_nothing_imports_cli_and_libraries_do_not_import_stages():
 
 def test_the_package_top_level_holds_only_the_entry_points_and_shared_basics():
     """Libraries live in folders by role (graphs/, measure/, model/, train/, report/, pruning/,
-    tasks/, runtimes/, stages/, ship/): a new module goes into one of them."""
+    tasks/, runtimes/, stages/, ship/, engines/): a new module goes into one of them."""
     pkg = ROOT / "prune2deploy"
     top = {p.stem for p in pkg.glob("*.py")}
     assert top == {"__init__", "cli", "recipe", "run", "sweep", "errors", "files", "progress"}, top
     rooms = {p.name for p in pkg.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert rooms == {"graphs", "measure", "model", "train", "report", "pruning", "tasks", "runtimes", "stages", "ship"}
+    assert rooms == {
+        "graphs", "measure", "model", "train", "report", "pruning", "tasks", "runtimes", "stages", "ship", "engines"
+    }
 
 
 def test_torch_is_pinned_to_the_cpu_wheel():
