@@ -56,16 +56,38 @@ def main() -> None:
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--sparsity", default="0.5,0.7,0.8,0.9")
     ap.add_argument("--only", default=",".join(CONFIGS))
+    ap.add_argument("--report-only", action="store_true", help="Rewrite the .md from the .json and --work.")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {"cpu": cpu_label(), "task": args.task, "profile": args.profile, "sweeps": {}}
-    for name in args.only.split(","):
-        print(f"{name} ...", flush=True)
-        results["sweeps"][name] = sweep(name, args, args.work)
-        print(f"{name}: {results['sweeps'][name]['wall_s']} s", flush=True)
-        (args.out / "sweep_engines.json").write_text(json.dumps(results, indent=2))
+    if args.report_only:
+        results = json.loads((args.out / "sweep_engines.json").read_text())
+    else:
+        results = {"cpu": cpu_label(), "task": args.task, "profile": args.profile, "sweeps": {}}
+        for name in args.only.split(","):
+            print(f"{name} ...", flush=True)
+            results["sweeps"][name] = sweep(name, args, args.work)
+            print(f"{name}: {results['sweeps'][name]['wall_s']} s", flush=True)
+            (args.out / "sweep_engines.json").write_text(json.dumps(results, indent=2))
+    results["same_outputs"] = {f"{b} vs {a}": same_outputs(args.work, a, b, results)
+                               for a, b in PAIRS if {a, b} <= set(results["sweeps"])}
+    (args.out / "sweep_engines.json").write_text(json.dumps(results, indent=2))
     write_md(results, args.out / "sweep_engines.md")
+
+
+PAIRS = (("local-1t", "ray-1cpu"), ("local", "ray-2cpu"))
+COMPARED = ("prune", "validate", "export")  # masks and weights, predictions, ONNX graphs
+
+
+def same_outputs(work: Path, a: str, b: str, results: dict) -> bool:
+    """Every point's prune, validate and export outputs hash the same in both sweeps."""
+    for p in results["sweeps"][a]["points"]:
+        name = Path(p["run_dir"]).name
+        for stage in COMPARED:
+            x, y = (json.loads((work / s / name / stage / "stage.json").read_text())["outputs"] for s in (a, b))
+            if x != y:
+                return False
+    return True
 
 
 def write_md(results: dict, path: Path) -> None:
@@ -80,12 +102,16 @@ def write_md(results: dict, path: Path) -> None:
         per = ", ".join(f"{p.get('seconds', 0):g}" for p in r["points"])
         cells = " | ".join(f"{p['dense']:.2f} / {p['sparse']:.2f}" for p in r["points"])
         lines.append(f"| {name} | {r['wall_s']:g} s | {per} s | {cells} |")
-    for a, b in (("local-1t", "ray-1cpu"), ("local", "ray-2cpu")):
+    for a, b in PAIRS:
         if a in s and b in s:
             same = all((p["dense"], p["sparse"]) == (q["dense"], q["sparse"])
                        for p, q in zip(s[a]["points"], s[b]["points"]))
+            bits = results.get("same_outputs", {}).get(f"{b} vs {a}")
             n = len(s[a]["points"])
-            lines.append(f"- {b} vs {a}: metrics {'identical at every point' if same else 'DIFFER'}; wall "
+            lines.append(f"- {b} vs {a}: metrics {'identical at every point' if same else 'DIFFER'}"
+                         + ("" if bits is None else f", {'/'.join(COMPARED)} outputs "
+                            + ("byte for byte the same" if bits else "NOT the same bytes"))
+                         + "; wall "
                          f"{s[b]['wall_s']:g} s vs {s[a]['wall_s']:g} s ({s[a]['wall_s'] / s[b]['wall_s']:.2f}x); "
                          f"Ray's cost over the local engine {(s[b]['wall_s'] - s[a]['wall_s']) / n:+.1f} s a point")
     path.write_text("\n".join(lines) + "\n")

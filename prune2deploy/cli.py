@@ -127,7 +127,17 @@ def run(
         help="'accelerate': teacher and prune data-parallel under HF Accelerate (DDP; gloo on CPU).",
     ),
     processes: int = typer.Option(
-        0, "--processes", help="With --launcher accelerate: processes (0: one per GPU, or 2 without one)."
+        0, "--processes", help="With --launcher accelerate: processes on this machine (0: one per GPU, else 2)."
+    ),
+    num_machines: int = typer.Option(
+        1, "--num-machines", help="With --launcher accelerate: machines in the run (the same command on each)."
+    ),
+    machine_rank: int = typer.Option(0, "--machine-rank", help="With --num-machines: this machine's rank (0..N-1)."),
+    main_address: Optional[str] = typer.Option(
+        None, "--main-address", help="With --num-machines: HOST[:PORT] of machine rank 0 (port default 29500)."
+    ),
+    main_timeout: float = typer.Option(
+        300.0, "--main-timeout", help="With --num-machines: seconds a machine waits for rank 0's port."
     ),
 ) -> None:
     """Run the whole pipeline: (latency →) teacher → prune → validate → export → (quantize →) bench.
@@ -135,13 +145,20 @@ def run(
     --speedup X: structured (heads and FFN neurons removed, a smaller dense model every runtime runs
     faster, sized by measured latency). --sparsity S: unstructured zeros (the research's headline).
     """
+    if launcher == "none" and (num_machines != 1 or machine_rank or main_address):
+
+        def refuse():
+            raise UserError("--num-machines, --machine-rank and --main-address apply with --launcher accelerate")
+
+        _guard(refuse)
     if launcher != "none":
         code = {"rc": 0}
 
         def launch():
-            from .train.distributed import relaunch
+            from .train.launch import Machines, relaunch
 
-            code["rc"] = relaunch(sys.argv[1:], launcher, processes)
+            machines = Machines(num_machines, machine_rank, main_address, main_timeout)
+            code["rc"] = relaunch(sys.argv[1:], launcher, processes, machines)
 
         _guard(launch)
         raise typer.Exit(code["rc"])

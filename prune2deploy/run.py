@@ -276,6 +276,12 @@ def run_pipeline(recipe: Recipe, run_dir: Path, stages: tuple[str, ...] = STAGES
 
     preflight(recipe)
     fresh = not Path(run_dir).exists()
+    try:
+        D.check_shared(run_dir)  # several machines: every rank reads rank 0's records there
+    except UserError:
+        if fresh and D.is_main():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     with D.together(f"preparing {run_dir}"):
         if D.is_main():  # one writer of the run dir
             prepare_run_dir(recipe, run_dir, force=force)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_cli import assert_user_error, p2d, p2d_smoke
 
-from prune2deploy.train.distributed import strip_launch_options
+from prune2deploy.train.launch import strip_launch_options
 
 HERE = Path(__file__).parent
 WORKER = HERE / "ddp_worker.py"
@@ -69,6 +69,12 @@ def test_strip_launch_options():
         "--processes",
         "4",
         "--launcher=accelerate",
+        "--num-machines",
+        "2",
+        "--machine-rank=1",
+        "--main-address",
+        "10.0.0.1:29500",
+        "--main-timeout=60",
     ]
     assert strip_launch_options(argv) == ["run", "squad", "--sparsity", "0.8"]
 
@@ -213,3 +219,89 @@ def test_a_launched_rank_ends_by_os_exit_with_the_clis_code_after_destroying_the
         assert calls == [("shutdown",), ("exit", code)]
     with pytest.raises(ValueError):  # not an exit (--debug): propagates, no os._exit
         D.run_launched(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+FAST = ["--sparsity", "0.6", "--set", "bench.iters=2", "--set", "bench.min_time_s=0", "--set", "bench.warmup=0",
+        "--set", "bench.runtimes=onnxruntime"]
+
+
+def machines(model, outs, port, *extra):
+    """`p2d run` as machine ranks 0 and 1 of 2 on 127.0.0.1, one process each, both at once."""
+    env = dict(os.environ, P2D_QUIET="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "prune2deploy.cli", "run", "rotten_tomatoes", "--profile", "smoke", "--model",
+             str(model), "--out", str(out), *FAST, *extra, "--launcher", "accelerate", "--processes", "1",
+             "--num-machines", "2", "--machine-rank", str(rank), "--main-address", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=HERE.parent,
+        )
+        for rank, out in enumerate(outs)
+    ]
+    return [(p, *p.communicate(timeout=600)) for p in procs]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory):
+    """The tiny BERT without dropout: N processes then match one process, not just in distribution."""
+    from conftest import tiny_config
+    from transformers import AutoTokenizer, BertModel
+
+    from prune2deploy.model.load import resolve_model
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(d)
+    AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(d)
+    return d
+
+
+def test_two_machines_on_loopback_match_one_process(tmp_path, no_dropout_model):
+    """Machine ranks 0 and 1 (one process each, two `p2d run` commands, one shared run dir):
+    the masks of the one-process run, its weights within the single-host test's 1e-5."""
+    one = tmp_path / "one" / "run"
+    res = p2d_smoke("rotten_tomatoes", no_dropout_model, one, *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = tmp_path / "two" / "run"  # another root: its own teacher, trained by the two machines
+    (p0, out0, err0), (p1, out1, err1) = machines(no_dropout_model, [two, two], free_port())
+    assert p0.returncode == 0 and p1.returncode == 0, (err0[-3000:], err1[-3000:])
+    a, b = load(one / "prune" / "masks.safetensors"), load(two / "prune" / "masks.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    wa, wb = load(one / "prune" / "model" / "model.safetensors"), load(two / "prune" / "model" / "model.safetensors")
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (one, two))
+    assert ra["metrics"] == rb["metrics"]
+    assert json.loads((two / "teacher" / "stage.json").read_text())["result"].get("cached") is not True
+    assert out0.count("encoder sparsity") == 1 and "encoder sparsity" not in out1  # one summary: rank 0's
+    assert not list(two.glob(".*"))  # no scratch, no share mark left
+
+
+def test_machines_that_do_not_share_the_run_dir_stop_with_one_line(tmp_path, tiny_model_dir):
+    results = machines(tiny_model_dir, [tmp_path / "a", tmp_path / "b"], free_port())
+    for p, out, err in results:
+        assert p.returncode != 0
+        assert "is not the same directory on every machine" in err, err[-3000:]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing left
+
+
+def test_machine_options_bad_input(tmp_path):
+    base = ["run", "rotten_tomatoes", "--out", tmp_path / "r", "--launcher", "accelerate"]
+    port = free_port()
+    assert_user_error(p2d(*base, "--num-machines", "2", "--machine-rank", "1", "--main-address",
+                          f"127.0.0.1:{port}", "--main-timeout", "1"),
+                      f"machine rank 1 cannot reach the main process at 127.0.0.1:{port} within 1 s (--main-timeout")
+    assert_user_error(p2d(*base, "--num-machines", "2", "--machine-rank", "2", "--main-address", "h:1"),
+                      "--machine-rank must be in 0..1")
+    assert_user_error(p2d(*base, "--num-machines", "2"), "needs --main-address HOST[:PORT]")
+    assert_user_error(p2d(*base, "--num-machines", "2", "--main-address", "h:99999"), "--main-address must be")
+    assert_user_error(p2d("run", "rotten_tomatoes", "--out", tmp_path / "r", "--num-machines", "2"),
+                      "apply with --launcher accelerate")
+    assert not (tmp_path / "r").exists()

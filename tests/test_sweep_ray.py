@@ -137,3 +137,27 @@ def test_speedup_and_seed_sweeps_plan_one_structured_point_per_target_and_seed(t
     res = p2d("sweep", "rotten_tomatoes", "--speedup", "2", "--sparsity", "0.5", "--root", tmp_path / "x")
     assert_user_error(res, "two kinds of target")
     assert_user_error(p2d("sweep", "rotten_tomatoes", "--seed", "1,1", "--root", tmp_path / "x"), "duplicate value")
+
+
+def test_ctrl_c_cancels_the_points_still_running_and_says_which_finished(cluster, tiny_model_dir, tmp_path):
+    root = tmp_path / "runs"
+    args = sweep_args(tiny_model_dir, root, "--sparsity", "0.5,0.6,0.7", "--set", "bench.min_time_s=2",
+                      "--engine", "ray", "--address", cluster)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "prune2deploy.cli", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    summary = root / "sweep-rotten_tomatoes-smoke.json"
+    deadline = time.time() + 300
+    while not (summary.is_file() and "done" in [p["status"] for p in json.loads(summary.read_text())["points"]]):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    points = json.loads(summary.read_text())["points"]
+    done = [p for p in points if p["status"] == "done"]
+    cancelled = [p for p in points if p["status"] == "cancelled"]
+    assert done and cancelled and len(done) + len(cancelled) == 3, points
+    line = next(ln for ln in err.splitlines() if "sweep interrupted" in ln)
+    assert f"cancelled {len(cancelled)} point(s) on Ray" in line
+    assert all(f"gmp @ {p['sparsity']:g}" in line.split("finished:")[1] for p in done)

@@ -187,15 +187,18 @@ def _run(task, points, dirs, args, done) -> None:
     for i, (recipe, run_dir) in enumerate(zip(points, dirs)):
         first.setdefault(str(teacher_cache(recipe, run_dir)), i)
     pending = {}  # ref: point index
+    teachers = {}  # ref: the point index whose run trains that teacher
     finished: list[int] = []
     try:
-        teachers = {task.remote(points[i], str(dirs[i]), until="teacher", **args): i for i in first.values()}
+        teachers.update({task.remote(points[i], str(dirs[i]), until="teacher", **args): i for i in first.values()})
         log(f"sweep: {len(teachers)} teacher(s) first ({', '.join(label(points[i]) for i in teachers.values())})")
         failed_teacher = {}
-        for ref, i in teachers.items():
+        for ref, i in list(teachers.items()):
             try:
                 ray.get(ref)
+                teachers.pop(ref)
             except Exception as e:  # noqa: BLE001 - the points of that teacher fail, the others go on
+                teachers.pop(ref)
                 cause, line = _failure(e)
                 if isinstance(cause, UserError):
                     raise cause from None
@@ -225,10 +228,13 @@ def _run(task, points, dirs, args, done) -> None:
                    + (f" ({point['attempts']} attempts)" if point.get("attempts", 1) > 1 else "")
                    if point["status"] == "done" else ""))
     except (KeyboardInterrupt, UserError) as e:
+        for ref in teachers:
+            ray.cancel(ref, force=True)
         for ref, i in pending.items():
             ray.cancel(ref, force=True)
+        for i in set(range(len(points))) - set(finished):
             done(i, {**entry(points[i], dirs[i]), "status": "cancelled"})
         if isinstance(e, KeyboardInterrupt):
             ended = ", ".join(label(points[i]) for i in finished) or "none"
-            warn(f"sweep interrupted: cancelled {len(pending)} point(s) on Ray; finished: {ended}")
+            warn(f"sweep interrupted: cancelled {len(points) - len(finished)} point(s) on Ray; finished: {ended}")
         raise

@@ -1,6 +1,7 @@
 """Data-parallel training under HF Accelerate (torch DDP underneath).
 
-Launch with `p2d run ... --launcher accelerate --processes N`, or yourself with
+Launch with `p2d run ... --launcher accelerate --processes N` (on several machines too:
+`train/launch.py`), or yourself with
 `accelerate launch --multi_gpu --num_processes N -m prune2deploy.cli run ...` (or `torchrun
 --nproc_per_node N -m prune2deploy.cli run ...`). Without a GPU every process is a CPU rank
 on the gloo backend; with GPUs, one GPU per process on NCCL.
@@ -23,8 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import shutil
-import subprocess
+import secrets
 import sys
 import zlib
 from datetime import timedelta
@@ -228,46 +228,38 @@ def scratch(run_dir: Path, stage: str) -> Path:
     return run_dir / f".{stage}.rank{rank()}.tmp"
 
 
-def strip_launch_options(argv: list[str]) -> list[str]:
-    """`argv` without --launcher/--processes (as `--opt value` or `--opt=value`)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--launcher", "--processes"):
-            skip = True
-        elif not a.startswith(("--launcher=", "--processes=")):
-            out.append(a)
-    return out
-
-
-def relaunch(argv: list[str], launcher: str, processes: int) -> int:
-    """Run this same `p2d` command (argv after the program name) under `accelerate launch`
-    with `processes` processes (0: one per GPU, or 2 without a GPU); returns its exit code."""
-    if launcher != "accelerate":
-        raise UserError(f"--launcher must be none or accelerate, got '{launcher}'")
-    if processes < 0:
-        raise UserError(f"--processes must be 0 (one per GPU, or 2 without one) or more, got {processes}")
-    processes = processes or torch.cuda.device_count() or 2
-    argv = strip_launch_options(argv)
-    if active():
-        raise UserError("--launcher accelerate inside an already launched process: drop --launcher")
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        raise UserError("--launcher accelerate needs HF Accelerate: pip install accelerate")
-    cmd = [
-        launcher,
-        "launch",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    if processes > 1:
-        cmd.append("--multi_gpu")  # accelerate's torchrun launcher; without a GPU each process is a CPU (gloo) rank
-    cmd += ["-m", "prune2deploy.cli", *argv]
-    return subprocess.run(cmd).returncode
+def check_shared(run_dir: Path) -> None:
+    """Every rank sees rank 0's run dir (ranks read the records rank 0 writes): on several
+    machines it must be one filesystem, mounted at the same path on each. Rank 0 creates it."""
+    if not active():
+        return
+    run_dir = Path(run_dir)
+    mark = run_dir / ".ranks-share-this-dir"
+    token, error = 0, None
+    if is_main():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            token = secrets.randbits(48)
+            mark.write_text(str(token))
+        except OSError as e:
+            token, error = -1, e
+    t = torch.tensor([float(token), float(_tag("run dir shared"))], dtype=torch.float64, device=accelerator().device)
+    torch.distributed.broadcast(t, 0)  # rank 0 has written the mark
+    if int(t[1]) != _tag("run dir shared"):
+        raise OutOfStep(f"ranks out of step: rank {rank()} is at 'run dir shared', rank 0 elsewhere")
+    if t[0] < 0:
+        if error is not None:
+            raise UserError(f"cannot write to run dir {run_dir}: {error.strerror or error}")
+        raise OtherRankFailed(f"rank 0 cannot write the run dir {run_dir} (see its error)")
+    try:
+        seen = mark.read_text() == str(int(t[0]))
+    except OSError:
+        seen = False
+    ok = agree(seen, "run dir shared: read")
+    if is_main():
+        mark.unlink(missing_ok=True)
+    if not ok:
+        raise UserError(
+            f"the run dir {run_dir} is not the same directory on every machine: put --out on a filesystem "
+            "every machine mounts at the same path"
+        )
