@@ -56,6 +56,14 @@ class Bar:
         if self.progress:
             self.progress.__exit__(*exc)
 
+    def extend(self, total: int) -> None:
+        """The work grew (or shrank) to `total` steps."""
+        self.total = max(1, total)
+        while self.next_mark > 0.1 + 1e-9 and self.done / self.total < self.next_mark - 0.1 - 1e-9:
+            self.next_mark -= 0.1
+        if self.progress:
+            self.progress.update(self.task, total=self.total)
+
     def advance(self, n: int = 1, info: str | None = None) -> None:
         self.done += n
         if self.progress:

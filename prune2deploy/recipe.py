@@ -80,6 +80,11 @@ class PruneConfig:
     # what the loop measures X against on the target runtime: "best" (the dense model or its static
     # INT8, whichever is faster there: what a user would ship instead) or "dense" (the float model)
     latency_reference: str = "best"
+    # recovery after the final event trains the compact model (the same steps, cheaper) and spends
+    # `recovery_reuse` of the time it saves on more steps, at most `max_recovery_extension` x the rest
+    compact_recovery: bool = True
+    recovery_reuse: float = 1.0
+    max_recovery_extension: float = 1.0
     kd_hidden: float = 0.0  # weight of token-level hidden-state distillation (ZipLM), added to the KD loss
     include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
     include_head: bool = False
@@ -336,6 +341,8 @@ def load_recipe(
 # None is no bound. An optional field (None) is not checked.
 RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "threads": (0, True, None, False),
+    "prune.recovery_reuse": (0, True, None, False),
+    "prune.max_recovery_extension": (0, True, None, False),
     "checkpoint_every": (0, True, None, False),
     "export.calibration_examples": (1, True, None, False),
     "data.train_examples": (1, True, None, False),

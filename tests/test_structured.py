@@ -276,7 +276,11 @@ def test_speedup_smoke_pipeline_ships_a_smaller_verified_model(tmp_path, tiny_mo
     assert st["parameters"]["pruned"] < st["parameters"]["dense"]
     exp = json.loads((out / "export" / "stage.json").read_text())["result"]
     assert exp["widths"] == st["widths"] and exp["tensors_verified"] > 0
-    assert exp["max_abs_diff"] <= exp["atol"]  # ONNX of the compact model = the masked model trained
+    assert exp["max_abs_diff"] <= exp["atol"]  # ONNX of the compact model = the compact model trained
+    c = st["compaction"]  # recovery after the final event trained the compact model
+    pr = json.loads((out / "prune" / "stage.json").read_text())["result"]
+    assert c["step"] == pr["prune_steps"][-1][0] and c["max_abs_diff"] < 1e-3 and c["extra_steps"] >= 0
+    assert pr["masked_model_dir"] is None and "recovery on the compact model from step" in res.stdout
     compact_model = load_model(str(out / "prune" / "model"), "AutoModelForQuestionAnswering")
     assert widths_of(compact_model) == st["widths"]
     assert rep["bench"] and all("p50_ms" in r for r in rep["bench"])

@@ -64,11 +64,8 @@ def timer(recipe, task, config, table, inputs_for, rank: int):
                       inputs_for(), recipe.export.opset, reference=recipe.prune.latency_reference)
 
 
-def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, train_log: dict) -> dict:
-    """Check, save the masked and the compact model, and return the record's structured fields."""
-    from .structures import compact, counts, widths_of
-
-    structure, table = res["structure"], res["latency"]
+def check_masks(structure, modules: dict, masks: dict) -> None:
+    """The masks remove whole structures and every masked weight is zero."""
     try:
         structure.check(masks)
     except AssertionError as e:
@@ -76,12 +73,38 @@ def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, 
     for name, module in modules.items():
         if bool((module.weight[~getattr(module, M.MASK)] != 0).any()):
             raise VerificationError(f"prune: {name} has non-zero weights under its mask")
-    kept = structure.kept(modules)
-    student.save_pretrained(out / "masked", safe_serialization=True)
-    M.save_masks(masks, out / "masks.safetensors")
-    for module in modules.values():  # the mask buffers go; the compact model has none
-        del module._buffers[M.MASK]
-    compact(student, kept)
+
+
+def compaction(p, res: dict, at_step: int):
+    """Recovery on the compact model after the final event (`prune.compact_recovery`), or None."""
+    if not p.compact_recovery:
+        return None
+    from ..train.compaction import Compaction
+
+    structure = res["structure"]
+    return Compaction(at_step, structure.kept, lambda modules, masks: check_masks(structure, modules, masks),
+                      reuse=p.recovery_reuse, max_extra=p.max_recovery_extension)
+
+
+def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, train_log: dict,
+           compacted=None) -> dict:
+    """Check, save the masked and the compact model, and return the record's structured fields.
+    `compacted`: the Compaction that already made the student compact during recovery (no
+    masked model is left to save: its masks are, and the compaction checked the two agree)."""
+    from .structures import compact, counts, widths_of
+
+    structure, table = res["structure"], res["latency"]
+    if compacted is not None and compacted.kept is not None:
+        kept = compacted.kept
+        M.save_masks(masks, out / "masks.safetensors")
+    else:
+        check_masks(structure, modules, masks)
+        kept = structure.kept(modules)
+        student.save_pretrained(out / "masked", safe_serialization=True)
+        M.save_masks(masks, out / "masks.safetensors")
+        for module in modules.values():  # the mask buffers go; the compact model has none
+            del module._buffers[M.MASK]
+        compact(student, kept)
     student.save_pretrained(out / "model", safe_serialization=True)
     tokenizer.save_pretrained(out / "model")
     widths = counts(kept)
@@ -103,5 +126,7 @@ def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, 
         "widths": widths,
         "full_widths": full,
         "kept_heads": kept["heads"],
-        "masked_model_dir": "prune/masked",
+        "masked_model_dir": None if compacted is not None and compacted.kept is not None else "prune/masked",
+        # recovery on the compact model: when, the two step costs measured, the steps added
+        "compaction": compacted.info if compacted is not None and compacted.kept is not None else None,
     }

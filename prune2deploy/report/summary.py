@@ -159,6 +159,7 @@ def structured_summary(prune: dict, export: dict, rows: list[dict]) -> dict:
         "latency_runtime": prune.get("latency_runtime"),
         "predicted_speedup": prune.get("predicted_speedup"),
         "latency_loop": prune.get("latency_loop"),
+        "compaction": prune.get("compaction"),
         "widths": prune.get("widths"),
         "full_widths": prune.get("full_widths"),
         "parameters": export.get("parameters"),
@@ -238,9 +239,9 @@ def summary_notes(report: dict) -> list[str]:
     missing = cpu_runtimes(report.get("bench_skipped") or [])
     if missing:
         notes.append("not benched: " + "; ".join(not_installed(n) for n in missing))
-    line = _loop_line(report.get("structured"))
-    if line:
-        notes.append(line)
+    for line in (_loop_line(report.get("structured")), _compaction_line(report.get("structured"))):
+        if line:
+            notes.append(line)
     v = report.get("verdict")
     if v:
         notes.append(v["line"])
@@ -261,6 +262,16 @@ def _loop_line(st: dict | None) -> str | None:
     return (f"--speedup {final['target_speedup']:g} {verdict} on {final['runtime']} at {at}: table predicted {pred}, "
             f"measured {meas} (random-weight twin vs {' / '.join(refs)} there, interleaved; the bench below times "
             "the trained graphs)")
+
+
+def _compaction_line(st: dict | None) -> str | None:
+    """One line: recovery on the compact model, what a step cost there and the steps it bought."""
+    c = (st or {}).get("compaction")
+    if not c:
+        return None
+    return (f"recovery on the compact model from step {c['step']}: a step {c['step_cost_ratio']:.2f}x cheaper "
+            f"({c['masked_step_s'] * 1e3:.0f} → {c['compact_step_s'] * 1e3:.0f} ms, measured), "
+            f"{c['remaining_steps']} + {c['extra_steps']} steps at the final widths")
 
 
 # The bench table's columns, one table for the terminal (`print_bench`) and the HTML page:

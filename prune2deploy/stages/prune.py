@@ -124,6 +124,9 @@ def run(ctx: StageContext) -> dict:
         checkpoint_every=recipe.checkpoint_every,
         checkpoint_tag=ctx.key,
     )
+    # structured: recovery after the final event trains the compact model (train/compaction.py)
+    compacted = (structured_target.compaction(p, resources, plan.prune_steps[-1][0])
+                 if structured and plan.prune_steps else None)
     train_log = fit(
         student,
         features,
@@ -134,11 +137,13 @@ def run(ctx: StageContext) -> dict:
         prune_fn=method.prune_step,
         observe_fn=getattr(method, "observe", None),
         method_state=(method.state_dict, method.load_state_dict) if hasattr(method, "state_dict") else None,
+        compaction=compacted,
     )
 
-    masks = M.get_masks(modules)
+    masks = compacted.masks if compacted is not None and compacted.kept is not None else M.get_masks(modules)
     if structured:
-        return {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method, train_log),
+        return {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method, train_log,
+                                           compacted),
                 **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks)}
     try:
         if nm:

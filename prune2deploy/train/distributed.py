@@ -145,6 +145,17 @@ def decide(value: bool, what: str) -> bool:
     return bool(t[0])
 
 
+def share(value: float, what: str) -> float:
+    """Rank 0's `value` on every rank (a measurement only rank 0's counts), taken at `what`."""
+    if not active():
+        return value
+    t = torch.tensor([float(value), float(_tag(what))], dtype=torch.float64, device=accelerator().device)
+    torch.distributed.broadcast(t, 0)
+    if int(t[1]) != _tag(what):
+        raise OutOfStep(f"ranks out of step: rank {rank()} is at '{what}', rank 0 elsewhere")
+    return float(t[0])
+
+
 @contextlib.contextmanager
 def local():
     """Inside: this process runs alone, as with one process (a rank-0-only stage that trains,

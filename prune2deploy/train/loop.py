@@ -179,7 +179,7 @@ def load_checkpoint(path: Path, tag: str) -> dict | None:
 
 def fit(
     model, features, tokenizer, cfg: FitConfig, teacher=None, modules=None, prune_fn=None, observe_fn=None,
-    method_state=None,
+    method_state=None, compaction=None,
 ) -> dict:
     """Train `model` for `cfg.total_steps` optimizer steps over `features`.
 
@@ -188,8 +188,10 @@ def fit(
     after every optimizer step. With `cfg.checkpoint`, the state (model, optimizer, masks,
     RNG, step, log) is saved atomically every `checkpoint_every` steps and a matching
     checkpoint is resumed from. `observe_fn(step, modules)` sees each step's gradients of the
-    prunable weights (masked, before clipping; oBERT's Fisher from training). Returns a small
-    log (losses, pruning events).
+    prunable weights (masked, before clipping; oBERT's Fisher from training). With
+    `compaction` (`train/compaction.Compaction`), the model is made compact right after the
+    event at its step and recovery goes on on the compact model, longer by the time it saves.
+    Returns a small log (losses, pruning events, the compaction).
     """
     from . import distributed as D
     from ..pruning import masks as M
@@ -200,21 +202,20 @@ def fit(
         teacher.to(device)
     fn = collate(tokenizer)
     D.check_batch(cfg.batch_size, "batch size")
-    decay = [
-        p
-        for n, p in model.named_parameters()
-        if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "layer_norm"))
-    ]
-    no_decay = [
-        p
-        for n, p in model.named_parameters()
-        if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "layer_norm"))
-    ]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr_at(0),
-        fused=True,  # one pass over the parameters: 7x cheaper than the foreach step on a 2-core CPU
-    )
+
+    def make_opt(m):
+        decay = [p for n, p in m.named_parameters()
+                 if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
+        no_decay = [p for n, p in m.named_parameters()
+                    if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "layer_norm"))]
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr_at(0),
+            fused=True,  # one pass over the parameters: 7x cheaper than the foreach step on a 2-core CPU
+        )
+
+    opt = make_opt(model)
+    total, lr_at = cfg.total_steps, cfg.lr_at  # a compaction may lengthen the recovery
     if teacher is not None:
         teacher.eval()
     teacher_outputs = TeacherOutputs(teacher) if teacher is not None else None
@@ -223,6 +224,17 @@ def fit(
     running = None
     state = load_checkpoint(cfg.checkpoint, cfg.checkpoint_tag) if cfg.checkpoint else None
     if state is not None:
+        if state.get("compacted"):  # checkpointed after the compaction: the compact model again
+            from .compaction import make_compact, stretch
+
+            M.set_masks(modules, state["masks"])
+            compaction.masks, compaction.kept, compaction.info = state["masks"], state["compacted"]["kept"], \
+                state["compacted"]["info"]
+            make_compact(model, modules, compaction.kept)
+            modules = None
+            opt = make_opt(model)
+            total = cfg.total_steps + compaction.info["extra_steps"]
+            lr_at = stretch(cfg.lr_at, compaction.at_step, cfg.total_steps, total)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if modules is not None:
@@ -243,13 +255,20 @@ def fit(
         save_checkpoint(cfg.checkpoint, {
             "tag": cfg.checkpoint_tag, "step": step, "running": running, "log": json.dumps(log),
             "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-            "masks": M.get_masks(modules) if modules is not None else {},
+            "masks": M.get_masks(modules) if modules is not None else (compaction.masks if compaction else {}),
             "method": method_state[0]() if method_state is not None else None,
+            "compacted": {"kept": compaction.kept, "info": compaction.info} if compaction and compaction.kept else None,
         })
 
-    with Bar(cfg.description, cfg.total_steps) as bar:
+    def probe(m, b, logits=False):  # the compaction's cost and parity probe: the student's outputs
+        from ..model.inference import logits_of, model_inputs
+
+        flat = torch.cat([t.float().flatten() for t in logits_of(m(**model_inputs(b)))])
+        return flat if logits else flat.square().mean()
+
+    with Bar(cfg.description, total) as bar:
         bar.advance(step)
-        while step < cfg.total_steps:
+        while step < total:
             if (
                 modules is not None
                 and step in cfg.prune_events
@@ -262,8 +281,19 @@ def fit(
             model.train()
             idx = D.shard(batch_order(len(features), cfg.batch_size, cfg.seed, step, lengths))
             batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
+            if compaction is not None and modules is not None and step == compaction.at_step:
+                from .compaction import compact_in_training, stretch
+
+                opt, extra = compact_in_training(compaction, model, modules, opt, make_opt, batch, probe,
+                                                 cfg.total_steps - step, lambda x: D.share(x, "compaction cost"))
+                modules = None
+                train_model = D.wrap(model)
+                total = cfg.total_steps + extra
+                lr_at = stretch(cfg.lr_at, step, cfg.total_steps, total)
+                bar.extend(total)
+                log["compaction"] = compaction.info
             for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step)
+                group["lr"] = lr_at(step)
             with autocast(cfg.precision, device.type):
                 t_logits = teacher_outputs(idx, batch) if teacher_outputs else None
                 loss = training_loss(
@@ -283,13 +313,13 @@ def fit(
             step += 1
             value = D.mean(float(loss.detach()))  # the global batch's loss
             running = value if running is None else 0.95 * running + 0.05 * value
-            if step % 10 == 0 or step == cfg.total_steps:
+            if step % 10 == 0 or step == total:
                 log["losses"].append({"step": step, "loss": round(running, 5)})
-            info = f"loss {running:.3f} lr {cfg.lr_at(step - 1):.1e}"
+            info = f"loss {running:.3f} lr {lr_at(step - 1):.1e}"
             if sparsity is not None:
                 info += f" sparsity {sparsity:.3f}"
             bar.advance(info=info)
-            if cfg.checkpoint and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
+            if cfg.checkpoint and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint()
     model.to("cpu")  # callers save, verify and export on the CPU
     if teacher is not None:
