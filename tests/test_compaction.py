@@ -1,8 +1,6 @@
 """Recovery on the compact model (train/compaction.py): the same steps as the masked model, a
 longer recovery from the step costs a stand-in clock gives, resume after the compaction."""
 
-import itertools
-
 import torch
 from test_masks import _features
 from test_structured import KEPT, _masked, _qa
@@ -32,10 +30,10 @@ def masked_run(total=8):
     return compact(model, KEPT)
 
 
-def compact_run(total=8, at=3, clock=None, ckpt=None, stop_at=None, **comp):
+def compact_run(total=8, at=3, ckpt=None, stop_at=None, **comp):
     model = _qa(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
     mods, st = _masked(model)
-    c = Compaction(at, st.kept, **comp, **({"clock": clock} if clock else {}))
+    c = Compaction(at, st.kept, **comp)
     config = cfg(total, checkpoint=ckpt, checkpoint_every=1 if ckpt else 0, checkpoint_tag="t")
     if stop_at is not None:  # interrupted before step `stop_at` (its checkpoint written)
         original = config.lr_at
@@ -55,7 +53,7 @@ def test_the_compact_model_takes_the_masked_models_steps():
     reference = masked_run()
     model, log, c = compact_run(reuse=0.0)
     assert widths_of(model) == widths_of(reference) == {"heads": [2, 0, 4], "ffn": [22, 10, 0]}
-    assert log["compaction"]["step"] == 3 and log["compaction"]["extra_steps"] == 0
+    assert log["compaction"]["step"] == 3
     assert log["compaction"]["max_abs_diff"] < 1e-5  # the compact model computes the masked one's outputs
     a, b = reference.state_dict(), model.state_dict()
     assert a.keys() == b.keys()
@@ -71,18 +69,38 @@ def test_the_compact_model_takes_the_masked_models_steps():
     assert c.masks is not None and c.kept == KEPT
 
 
+class StepClock:
+    """A stand-in clock: a training step 'takes' 4 units on the masked model, 2 on the compact
+    one (fit reads it at each step's start and end)."""
+
+    def __init__(self):
+        self.t, self.calls, self.compaction = 0.0, 0, None
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls % 2 == 0:  # a step's end
+            self.t += 2.0 if self.compaction.done else 4.0
+        return self.t
+
+
+def timed_run(**comp):
+    clock = StepClock()
+    model = _qa(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    mods, st = _masked(model)
+    clock.compaction = c = Compaction(3, st.kept, clock=clock, probe_steps=2, **comp)
+    log = fit(model, _features(), tokenizer(), cfg(8), modules=mods, prune_fn=lambda m, s: None, compaction=c)
+    return log
+
+
 def test_the_saved_time_buys_more_recovery_steps():
-    """A stand-in clock: each masked pass 'takes' 4 units, each compact one 2 (the probe times
-    3 passes per model): the remaining 5 steps cost half as much, so 5 more (reuse 1)."""
-    ticks = iter([0, 12, 100, 106])  # masked: 12 / 3 passes = 4; compact: 6 / 3 = 2
-    _, log, _ = compact_run(clock=lambda: next(ticks), reuse=1.0, max_extra=1.0)
-    info = log["compaction"]
+    """Compact steps cost half the masked ones: the 5 remaining steps buy 5 more (reuse 1)."""
+    info = timed_run(reuse=1.0, max_extra=1.0)["compaction"]
     assert (info["masked_step_s"], info["compact_step_s"], info["step_cost_ratio"]) == (4, 2, 2)
     assert info["remaining_steps"] == 5 and info["extra_steps"] == 5
+    log = timed_run(reuse=1.0, max_extra=1.0)
     assert log["losses"][-1]["step"] == 13  # 8 planned + 5
-    ticks = iter([0, 30, 100, 103])  # a 10x cheaper compact model: capped at max_extra x the remaining
-    _, log, _ = compact_run(clock=lambda: next(ticks), reuse=1.0, max_extra=0.6)
-    assert log["compaction"]["extra_steps"] == 3
+    assert timed_run(reuse=1.0, max_extra=0.6)["compaction"]["extra_steps"] == 3  # capped: 0.6 x 5
+    assert timed_run(reuse=0.5, max_extra=1.0)["compaction"]["extra_steps"] == 2  # half the saved time: round(2.5)
 
 
 def test_the_last_lr_segment_stretches_over_the_longer_recovery():
@@ -91,16 +109,15 @@ def test_the_last_lr_segment_stretches_over_the_longer_recovery():
 
 
 def test_a_checkpoint_after_the_compaction_resumes_on_the_compact_model(tmp_path):
-    ticks = itertools.count(step=1)
-    whole, log, _ = compact_run(reuse=0.0, clock=lambda: next(ticks))
+    whole, log, _ = compact_run(reuse=0.0)
     ckpt = tmp_path / "fit.pt"
     try:
-        compact_run(reuse=0.0, clock=lambda: next(ticks), ckpt=ckpt, stop_at=6)
+        compact_run(reuse=0.0, ckpt=ckpt, stop_at=6)
     except KeyboardInterrupt:
         pass
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 6 and state["compacted"]["kept"] == KEPT
-    resumed, log2, c = compact_run(reuse=0.0, clock=lambda: next(ticks), ckpt=ckpt)
+    resumed, log2, c = compact_run(reuse=0.0, ckpt=ckpt)
     assert log2["resumed_from"] == 6 and c.kept == KEPT and widths_of(resumed) == widths_of(whole)
     a, b = whole.state_dict(), resumed.state_dict()
     for k in a:  # the same steps, taken again from the checkpoint

@@ -42,19 +42,6 @@ def check_available() -> None:
         ) from None
 
 
-def host_port(address: str, default_port: int) -> tuple[str, int]:
-    """'HOST[:PORT]' (ray:// allowed) as (host, port); bad input is one line."""
-    rest = address.split("://", 1)[1] if "://" in address else address
-    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", str(default_port))
-    try:
-        number = int(port)
-        if not host or not 0 < number < 65536:
-            raise ValueError
-    except ValueError:
-        raise UserError(f"--address must be HOST:PORT (or auto), got '{address}'") from None
-    return host, number
-
-
 def reachable(host: str, port: int, timeout_s: float) -> str | None:
     """None when a TCP connection to host:port opens within timeout_s, else why not."""
     try:
@@ -71,7 +58,10 @@ def connect(address: str | None) -> str:
     import ray
 
     if address and address != "auto":
-        host, port = host_port(address, 10001 if address.startswith("ray://") else 6379)
+        from ..train.launch import parse_address
+
+        host, port = parse_address(address, 10001 if address.startswith("ray://") else 6379,
+                                   "--address must be HOST:PORT (or auto)")
         why = reachable(host, port, 5.0)
         if why:
             raise UserError(f"cannot reach the Ray cluster at {host}:{port} ({why}): start it with "

@@ -135,18 +135,12 @@ def agree(ok: bool, what: str = "") -> bool:
 def decide(value: bool, what: str) -> bool:
     """Rank 0's `value` on every rank (only rank 0's view of the disk decides), checked to be
     taken at the same point `what` on every rank."""
-    if not active():
-        return value
-    dev = accelerator().device
-    t = torch.tensor([1.0 if value else 0.0, float(_tag(what))], dtype=torch.float64, device=dev)
-    torch.distributed.broadcast(t, 0)
-    if int(t[1]) != _tag(what):
-        raise OutOfStep(f"ranks out of step: rank {rank()} is at '{what}', rank 0 elsewhere")
-    return bool(t[0])
+    return bool(share(1.0 if value else 0.0, what))
 
 
 def share(value: float, what: str) -> float:
-    """Rank 0's `value` on every rank (a measurement only rank 0's counts), taken at `what`."""
+    """Rank 0's `value` on every rank (a measurement or decision only rank 0's counts), taken at
+    `what` on every rank (else `OutOfStep`)."""
     if not active():
         return value
     t = torch.tensor([float(value), float(_tag(what))], dtype=torch.float64, device=accelerator().device)
@@ -193,10 +187,14 @@ def check_batch(batch_size: int, what: str) -> None:
         )
 
 
-def wrap(model):
-    """DDP-wrapped model for training (the model itself with one process)."""
+def wrap(model, replacing=None):
+    """DDP-wrapped model for training (the model itself with one process). `replacing`: an
+    earlier wrapper this one replaces (accelerate lets go of it and of the weights it holds)."""
     if not active():
         return model
+    if replacing is not None and replacing is not model:
+        acc = accelerator()
+        acc._models = [m for m in acc._models if m is not replacing]
     import warnings
 
     with warnings.catch_warnings():  # torch renames broadcast_buffers; accelerate still passes the old name
@@ -244,6 +242,8 @@ def check_shared(run_dir: Path) -> None:
     machines it must be one filesystem, mounted at the same path on each. Rank 0 creates it."""
     if not active():
         return
+    import time
+
     run_dir = Path(run_dir)
     mark = run_dir / ".ranks-share-this-dir"
     token, error = 0, None
@@ -254,23 +254,27 @@ def check_shared(run_dir: Path) -> None:
             mark.write_text(str(token))
         except OSError as e:
             token, error = -1, e
-    t = torch.tensor([float(token), float(_tag("run dir shared"))], dtype=torch.float64, device=accelerator().device)
-    torch.distributed.broadcast(t, 0)  # rank 0 has written the mark
-    if int(t[1]) != _tag("run dir shared"):
-        raise OutOfStep(f"ranks out of step: rank {rank()} is at 'run dir shared', rank 0 elsewhere")
-    if t[0] < 0:
+    token = int(share(token, "run dir shared"))  # after rank 0 wrote the mark
+    if token < 0:
         if error is not None:
             raise UserError(f"cannot write to run dir {run_dir}: {error.strerror or error}")
         raise OtherRankFailed(f"rank 0 cannot write the run dir {run_dir} (see its error)")
-    try:
-        seen = mark.read_text() == str(int(t[0]))
-    except OSError:
-        seen = False
+    seen, deadline = False, time.monotonic() + 10.0  # a network filesystem may show a new file late
+    while not seen:
+        try:
+            seen = mark.read_text() == str(token)
+        except OSError:
+            pass
+        if seen or time.monotonic() > deadline:
+            break
+        with contextlib.suppress(OSError):
+            os.listdir(run_dir.parent)  # refreshes a client's cached view of the directory
+        time.sleep(0.5)
     ok = agree(seen, "run dir shared: read")
     if is_main():
         mark.unlink(missing_ok=True)
     if not ok:
         raise UserError(
-            f"the run dir {run_dir} is not the same directory on every machine: put --out on a filesystem "
-            "every machine mounts at the same path"
+            f"the run dir {run_dir} is not the same directory on every machine: put it (--out, or a sweep's "
+            "--root) on a filesystem every machine mounts at the same path"
         )

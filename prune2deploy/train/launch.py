@@ -53,16 +53,22 @@ class Machines:
         return self
 
     def host_port(self) -> tuple[str, int]:
-        host, sep, port = str(self.main).rpartition(":")
-        if not sep:
-            host, port = str(self.main), str(DEFAULT_PORT)
-        try:
-            number = int(port)
-            if not host or not 0 < number < 65536:
-                raise ValueError
-        except ValueError:
-            raise UserError(f"--main-address must be HOST[:PORT], got '{self.main}'") from None
-        return host, number
+        return parse_address(str(self.main), DEFAULT_PORT, "--main-address must be HOST[:PORT]")
+
+
+def parse_address(text: str, default_port: int, what: str) -> tuple[str, int]:
+    """'[SCHEME://]HOST[:PORT]' as (host, port); else one line: `what`, got 'text'."""
+    rest = text.split("://", 1)[1] if "://" in text else text
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = rest, str(default_port)
+    try:
+        number = int(port)
+        if not host or not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{what}, got '{text}'") from None
+    return host, number
 
 
 def strip_launch_options(argv: list[str]) -> list[str]:

@@ -228,13 +228,13 @@ def fit(
             from .compaction import make_compact, stretch
 
             M.set_masks(modules, state["masks"])
-            compaction.masks, compaction.kept, compaction.info = state["masks"], state["compacted"]["kept"], \
-                state["compacted"]["info"]
-            make_compact(model, modules, compaction.kept)
-            modules = None
+            compaction.masks, compaction.info = state["masks"], state["compacted"]["info"]
+            make_compact(model, modules, state["compacted"]["kept"])
+            compaction.kept, modules = state["compacted"]["kept"], None
             opt = make_opt(model)
-            total = cfg.total_steps + compaction.info["extra_steps"]
-            lr_at = stretch(cfg.lr_at, compaction.at_step, cfg.total_steps, total)
+            if compaction.decided:  # else the compact steps are timed again
+                total = cfg.total_steps + compaction.info["extra_steps"]
+                lr_at = stretch(cfg.lr_at, compaction.at_step, cfg.total_steps, total)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if modules is not None:
@@ -257,14 +257,18 @@ def fit(
             "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
             "masks": M.get_masks(modules) if modules is not None else (compaction.masks if compaction else {}),
             "method": method_state[0]() if method_state is not None else None,
-            "compacted": {"kept": compaction.kept, "info": compaction.info} if compaction and compaction.kept else None,
+            "compacted": {"kept": compaction.kept, "info": compaction.info} if compaction and compaction.done else None,
         })
 
-    def probe(m, b, logits=False):  # the compaction's cost and parity probe: the student's outputs
+    def outputs_of(m, b):  # the compaction's parity check: the student's outputs, flat
         from ..model.inference import logits_of, model_inputs
 
-        flat = torch.cat([t.float().flatten() for t in logits_of(m(**model_inputs(b)))])
-        return flat if logits else flat.square().mean()
+        return torch.cat([t.float().flatten() for t in logits_of(m(**model_inputs(b)))])
+
+    def synced_clock() -> float:  # a step's wall time: the GPU's queued work included
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return compaction.clock()
 
     with Bar(cfg.description, total) as bar:
         bar.advance(step)
@@ -282,16 +286,14 @@ def fit(
             idx = D.shard(batch_order(len(features), cfg.batch_size, cfg.seed, step, lengths))
             batch = {k: v.to(device) for k, v in fn([features[i] for i in idx]).items()}
             if compaction is not None and modules is not None and step == compaction.at_step:
-                from .compaction import compact_in_training, stretch
+                from .compaction import compact_in_training
 
-                opt, extra = compact_in_training(compaction, model, modules, opt, make_opt, batch, probe,
-                                                 cfg.total_steps - step, lambda x: D.share(x, "compaction cost"))
+                opt = compact_in_training(compaction, model, modules, opt, make_opt, batch, outputs_of, D.agree)
                 modules = None
-                train_model = D.wrap(model)
-                total = cfg.total_steps + extra
-                lr_at = stretch(cfg.lr_at, step, cfg.total_steps, total)
-                bar.extend(total)
+                train_model = D.wrap(model, replacing=train_model)
                 log["compaction"] = compaction.info
+            if compaction is not None:
+                started = synced_clock()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             with autocast(cfg.precision, device.type):
@@ -311,6 +313,21 @@ def fit(
             if modules is not None:
                 M.apply_masks(modules)
             step += 1
+            if compaction is not None:
+                compaction.timed(synced_clock() - started, step - 1)
+                if compaction.ready():  # the compact steps' cost known: the recovery's length
+                    from .compaction import mean, stretch
+
+                    extra = compaction.decide(
+                        cfg.total_steps - compaction.at_step,
+                        D.share(mean(compaction.masked_times), "compaction: masked step"),
+                        D.share(mean(compaction.compact_times), "compaction: compact step"),
+                    )
+                    extra = int(D.share(extra, "compaction: extra steps"))
+                    total = cfg.total_steps + extra
+                    lr_at = stretch(cfg.lr_at, compaction.at_step, cfg.total_steps, total)
+                    bar.extend(total)
+                    log["compaction"] = compaction.info
             value = D.mean(float(loss.detach()))  # the global batch's loss
             running = value if running is None else 0.95 * running + 0.05 * value
             if step % 10 == 0 or step == total:
@@ -321,6 +338,9 @@ def fit(
             bar.advance(info=info)
             if cfg.checkpoint and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint()
+    if compaction is not None and compaction.done and not compaction.decided:  # too few steps left to time
+        compaction.info.update(remaining_steps=cfg.total_steps - compaction.at_step, extra_steps=0)
+        log["compaction"] = compaction.info
     model.to("cpu")  # callers save, verify and export on the CPU
     if teacher is not None:
         teacher.to("cpu")
