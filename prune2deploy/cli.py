@@ -136,8 +136,8 @@ def run(
     main_address: Optional[str] = typer.Option(
         None, "--main-address", help="With --num-machines: HOST[:PORT] of machine rank 0 (port default 29500)."
     ),
-    main_timeout: float = typer.Option(
-        300.0, "--main-timeout", help="With --num-machines: seconds a machine waits for rank 0's port."
+    main_timeout: Optional[float] = typer.Option(
+        None, "--main-timeout", help="With --num-machines: seconds a machine waits for rank 0's port (300)."
     ),
 ) -> None:
     """Run the whole pipeline: (latency →) teacher → prune → validate → export → (quantize →) bench.
@@ -145,10 +145,11 @@ def run(
     --speedup X: structured (heads and FFN neurons removed, a smaller dense model every runtime runs
     faster, sized by measured latency). --sparsity S: unstructured zeros (the research's headline).
     """
-    if launcher == "none" and (num_machines != 1 or machine_rank or main_address):
+    if launcher == "none" and (num_machines != 1 or machine_rank or main_address or main_timeout is not None):
 
         def refuse():
-            raise UserError("--num-machines, --machine-rank and --main-address apply with --launcher accelerate")
+            raise UserError("--num-machines, --machine-rank, --main-address and --main-timeout apply with "
+                            "--launcher accelerate")
 
         _guard(refuse)
     if launcher != "none":

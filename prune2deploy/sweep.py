@@ -123,5 +123,9 @@ def run_sweep(
         write_json_atomic(out, summary)
 
     run_points(points, dirs, root, force, done, **options)
+    from .train import distributed as D
+
+    if not D.is_main():  # several processes (a launcher): rank 0 keeps the summary
+        summary["points"] = []
     summary["path"] = str(out)
     return summary

@@ -1,5 +1,7 @@
-"""The Ray engine: every point a Ray task with the resources it declares, on a local cluster
-(no --address: started here, all CPUs) or a running one (`--address HOST:PORT`, or `auto`).
+"""The Ray engine: every point a Ray task with the resources it declares, on a running cluster
+(`--address HOST:PORT`, `ray://HOST:PORT` or `auto`) or, with no --address, Ray's default (the
+cluster RAY_ADDRESS or `ray start` on this machine names, else a local one started for the
+sweep with all this machine's CPUs).
 
 - **Shared root.** Every node must see the run root at the same path (a shared filesystem: NFS,
   a mounted bucket, one host's disk for a local cluster): the points' run dirs, the teacher
@@ -31,6 +33,7 @@ from ..sweep import entry, label
 
 TOKEN = ".p2d-sweep-root"  # written by the driver into the root; a task checks it sees the same
 ENV_PREFIXES = ("P2D_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")  # passed to the workers
+SECRET = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # not: a runtime_env is visible cluster-wide (set it on the nodes)
 
 
 def check_available() -> None:
@@ -42,23 +45,13 @@ def check_available() -> None:
         ) from None
 
 
-def reachable(host: str, port: int, timeout_s: float) -> str | None:
-    """None when a TCP connection to host:port opens within timeout_s, else why not."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except socket.timeout:
-        return f"no answer in {timeout_s:g} s"
-    except OSError as e:
-        return e.strerror or type(e).__name__
-
-
 def connect(address: str | None) -> str:
-    """ray.init on `address` (None: a local cluster started here); returns where it is."""
+    """ray.init on `address` (None: Ray's default, the cluster RAY_ADDRESS or `ray start` on this
+    machine names, else a local one started here for the sweep); returns where it is."""
     import ray
 
     if address and address != "auto":
-        from ..train.launch import parse_address
+        from ..train.launch import parse_address, reachable
 
         host, port = parse_address(address, 10001 if address.startswith("ray://") else 6379,
                                    "--address must be HOST:PORT (or auto)")
@@ -66,7 +59,7 @@ def connect(address: str | None) -> str:
         if why:
             raise UserError(f"cannot reach the Ray cluster at {host}:{port} ({why}): start it with "
                             "`ray start --head` there, or check --address")
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) and k not in SECRET}
     try:
         ctx = ray.init(address=address, include_dashboard=False, log_to_driver=True,
                        runtime_env={"env_vars": env}, configure_logging=False)
@@ -106,15 +99,23 @@ def _point(recipe: Recipe, run_dir: str, root: str, token: str, cwd: str, force:
     attempts = Path(root) / ".ray" / f"{Path(run_dir).name}.attempts"
     if until is None:
         attempts.parent.mkdir(exist_ok=True)
-        with attempts.open("a") as f:
-            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {node} pid {os.getpid()}\n")
+        with attempts.open("a") as f:  # this sweep's starts carry its token (an earlier sweep's do not count)
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {node} sweep {token} pid {os.getpid()}\n")
     started = time.time()
     if until is not None:
         run_pipeline(recipe, Path(run_dir), stages=stages_through(until), force=force)
         return None
     report = run_pipeline(recipe, Path(run_dir), force=force)
     return entry(recipe, run_dir, report, seconds=round(time.time() - started, 1), node=node,
-                 attempts=len(attempts.read_text().splitlines()))
+                 attempts=sum(f" sweep {token} " in line for line in attempts.read_text().splitlines()))
+
+
+def stops_the_sweep(cause: BaseException) -> bool:
+    """Bad input stops the sweep (every point would meet it); a point's failed check or a rank's
+    error fails that point only."""
+    from ..errors import OtherRankFailed, OutOfStep, VerificationError
+
+    return isinstance(cause, UserError) and not isinstance(cause, (VerificationError, OutOfStep, OtherRankFailed))
 
 
 def _failure(e: BaseException) -> tuple[BaseException, str]:
@@ -190,7 +191,7 @@ def _run(task, points, dirs, args, done) -> None:
             except Exception as e:  # noqa: BLE001 - the points of that teacher fail, the others go on
                 teachers.pop(ref)
                 cause, line = _failure(e)
-                if isinstance(cause, UserError):
+                if stops_the_sweep(cause):
                     raise cause from None
                 failed_teacher[str(teacher_cache(points[i], dirs[i]))] = f"teacher: {line}"
         for i, (recipe, run_dir) in enumerate(zip(points, dirs)):
@@ -207,7 +208,7 @@ def _run(task, points, dirs, args, done) -> None:
                 point = ray.get(ready[0])
             except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
                 cause, line = _failure(e)
-                if isinstance(cause, UserError):
+                if stops_the_sweep(cause):
                     raise cause from None
                 warn(f"sweep point {label(points[i])} failed: {line}")
                 point = entry(points[i], dirs[i], error=line)

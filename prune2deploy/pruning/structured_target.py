@@ -2,10 +2,11 @@
 
 `resources`: the removable structures, the latency table (and, on rank 0 where it can time, the
 latency loop's timer on the table's runtime), and for a second-order criterion the layer-input
-Hessians with the LayerNorm scales that put every module's loss in one unit. `finish`: whole
-structures checked, the masked model saved (what export checks the compact one against), the
-compact model saved (what ships), and the record's structured fields: widths, the table's
-prediction and the latency loop's measurements.
+Hessians with the LayerNorm scales that put every module's loss in one unit. `compaction`: the
+recovery on the compact model after the final event. `finish`: whole structures checked, the
+masked model saved where it was trained to the end (what export checks the compact one against),
+the compact model saved (what ships), and the record's structured fields: widths, the table's
+prediction, the latency loop's measurements, the compaction's.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, 
     from .structures import compact, counts, widths_of
 
     structure, table = res["structure"], res["latency"]
-    if compacted is not None and compacted.kept is not None:
+    done = compacted is not None and compacted.done
+    if done:
         kept = compacted.kept
         M.save_masks(masks, out / "masks.safetensors")
     else:
@@ -126,7 +128,7 @@ def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, 
         "widths": widths,
         "full_widths": full,
         "kept_heads": kept["heads"],
-        "masked_model_dir": None if compacted is not None and compacted.kept is not None else "prune/masked",
+        "masked_model_dir": None if done else "prune/masked",
         # recovery on the compact model: when, the two step costs measured, the steps added
-        "compaction": compacted.info if compacted is not None and compacted.kept is not None else None,
+        "compaction": compacted.info if done else None,
     }

@@ -140,7 +140,7 @@ def run(ctx: StageContext) -> dict:
         compaction=compacted,
     )
 
-    masks = compacted.masks if compacted is not None and compacted.kept is not None else M.get_masks(modules)
+    masks = compacted.masks if compacted is not None and compacted.done else M.get_masks(modules)
     if structured:
         return {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method, train_log,
                                            compacted),

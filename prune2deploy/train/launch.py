@@ -34,7 +34,7 @@ class Machines:
     count: int = 1
     rank: int = 0
     main: str | None = None  # HOST[:PORT] of machine rank 0
-    timeout_s: float = 300.0
+    timeout_s: float | None = None  # seconds a machine of rank > 0 waits for rank 0's port (None: 300)
 
     def checked(self) -> "Machines":
         if self.count < 1:
@@ -44,9 +44,9 @@ class Machines:
                             f"got {self.rank}")
         if self.count > 1 and not self.main:
             raise UserError("--num-machines > 1 needs --main-address HOST[:PORT] (machine rank 0's address)")
-        if self.count == 1 and (self.rank or self.main):
-            raise UserError("--machine-rank and --main-address apply with --num-machines > 1")
-        if not self.timeout_s > 0:
+        if self.count == 1 and (self.rank or self.main or self.timeout_s is not None):
+            raise UserError("--machine-rank, --main-address and --main-timeout apply with --num-machines > 1")
+        if self.timeout_s is not None and not self.timeout_s > 0:
             raise UserError(f"--main-timeout must be > 0 seconds, got {self.timeout_s:g}")
         if self.main:
             self.host_port()
@@ -84,16 +84,24 @@ def strip_launch_options(argv: list[str]) -> list[str]:
     return out
 
 
+def reachable(host: str, port: int, timeout_s: float) -> str | None:
+    """None when a TCP connection to host:port opens within timeout_s, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except socket.timeout:
+        return f"no answer in {timeout_s:g} s"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
 def wait_for_main(host: str, port: int, timeout_s: float, rank: int) -> None:
     """Until machine rank 0's port answers; one line when it does not within timeout_s."""
     deadline = time.monotonic() + timeout_s
-    why = "no answer"
     while True:
-        try:
-            with socket.create_connection((host, port), timeout=min(5.0, timeout_s)):
-                return
-        except OSError as e:
-            why = e.strerror or type(e).__name__
+        why = reachable(host, port, min(5.0, timeout_s))
+        if why is None:
+            return
         if time.monotonic() >= deadline:
             raise UserError(
                 f"machine rank {rank} cannot reach the main process at {host}:{port} within {timeout_s:g} s "
@@ -104,6 +112,7 @@ def wait_for_main(host: str, port: int, timeout_s: float, rank: int) -> None:
 
 def check_port_free(port: int) -> None:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store does: TIME_WAIT is free
         try:
             s.bind(("", port))
         except OSError:
@@ -134,7 +143,7 @@ def relaunch(argv: list[str], launcher: str, processes: int, machines: Machines 
         if machines.rank == 0:
             check_port_free(port)
         else:
-            wait_for_main(host, port, machines.timeout_s, machines.rank)
+            wait_for_main(host, port, machines.timeout_s or 300.0, machines.rank)
         cmd += ["--machine_rank", str(machines.rank), "--main_process_ip", host, "--main_process_port", str(port)]
     if total > 1:
         cmd.append("--multi_gpu")  # accelerate's torchrun launcher; without a GPU each process is a CPU (gloo) rank
