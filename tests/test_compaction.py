@@ -95,7 +95,9 @@ def timed_run(**comp):
 def test_the_saved_time_buys_more_recovery_steps():
     """Compact steps cost half the masked ones: the 5 remaining steps buy 5 more (reuse 1)."""
     info = timed_run(reuse=1.0, max_extra=1.0)["compaction"]
-    assert (info["masked_step_s"], info["compact_step_s"], info["step_cost_ratio"]) == (4, 2, 2)
+    per_k = 1e3 / (8 * 16)  # a batch: 8 features of 16 tokens
+    assert (info["masked_ms_per_ktoken"], info["compact_ms_per_ktoken"]) == (4e3 * per_k, 2e3 * per_k)
+    assert info["step_cost_ratio"] == 2
     assert info["remaining_steps"] == 5 and info["extra_steps"] == 5
     log = timed_run(reuse=1.0, max_extra=1.0)
     assert log["losses"][-1]["step"] == 13  # 8 planned + 5

@@ -269,8 +269,8 @@ def _compaction_line(st: dict | None) -> str | None:
     c = (st or {}).get("compaction")
     if not c:
         return None
-    cost = (f"a step {c['step_cost_ratio']:.2f}x cheaper ({c['masked_step_s'] * 1e3:.0f} → "
-            f"{c['compact_step_s'] * 1e3:.0f} ms, measured)"
+    cost = (f"a step {c['step_cost_ratio']:.2f}x cheaper ({c['masked_ms_per_ktoken']:.0f} → "
+            f"{c['compact_ms_per_ktoken']:.0f} ms per 1,000 tokens, measured)"
             if "step_cost_ratio" in c else "too few steps left to time")
     return (f"recovery on the compact model from step {c['step']}: {cost}, "
             f"{c['remaining_steps']} + {c['extra_steps']} steps at the final widths")

@@ -6,11 +6,12 @@ The two compute the same function and get the same gradients (a removed structur
 are zero under their masks and its biases get no gradient), so the compact model takes the
 steps the masked one would have taken, at the compact model's cost. The time saved is spent
 on more recovery at the final width: the wall time of whole training steps (teacher, loss,
-backward, optimizer) is measured over the last `probe_steps` masked steps and the first
-`probe_steps` compact ones (after one to warm up), on rank 0 and shared with every rank, and the
-remaining steps grow by `reuse` × (masked / compact − 1), at most `max_extra` × the remaining
-steps; the learning rate's last segment stretches over them. The number of steps therefore
-depends on the machine (the record says what was measured); `reuse` 0 keeps the plan's steps.
+backward, optimizer) per padded token (batches differ in length) is measured over the last
+`probe_steps` masked steps and the first `probe_steps` compact ones (after one to warm up), on
+rank 0 and shared with every rank, and the remaining steps grow by `reuse` × (masked / compact −
+1), at most `max_extra` × the remaining steps; the learning rate's last segment stretches over
+them. The number of steps therefore depends on the machine (the record says what was measured);
+`reuse` 0 keeps the plan's steps.
 """
 
 from __future__ import annotations
@@ -50,22 +51,24 @@ class Compaction:
     def decided(self) -> bool:
         return "extra_steps" in self.info
 
-    def timed(self, seconds: float, step: int) -> None:
-        """One training step's wall time (step: the step it was)."""
+    def timed(self, seconds: float, step: int, tokens: int) -> None:
+        """One training step's wall time over its padded tokens (step: the step it was)."""
+        per_token = seconds / max(1, tokens)
         if not self.done and step < self.at_step:
-            self.masked_times = (self.masked_times + [seconds])[-self.probe_steps:]
+            self.masked_times = (self.masked_times + [per_token])[-self.probe_steps:]
         elif self.done and step > self.at_step and not self.decided:  # the first compact step warms up
-            self.compact_times.append(seconds)
+            self.compact_times.append(per_token)
 
     def ready(self) -> bool:
         """Enough compact steps timed to decide the extra steps."""
         return self.done and not self.decided and len(self.compact_times) >= self.probe_steps
 
     def decide(self, remaining: int, masked_s: float, compact_s: float) -> int:
-        """The extra steps, from the two step times (rank 0's); recorded in `info`."""
+        """The extra steps, from the two costs per token (rank 0's); recorded in `info`."""
         gain = max(0.0, masked_s / max(compact_s, 1e-12) - 1.0) if masked_s > 0 else 0.0
         extra = int(min(self.max_extra * remaining, round(self.reuse * gain * remaining)))
-        self.info.update(masked_step_s=round(masked_s, 5), compact_step_s=round(compact_s, 5),
+        self.info.update(masked_ms_per_ktoken=round(masked_s * 1e6, 4),
+                         compact_ms_per_ktoken=round(compact_s * 1e6, 4),
                          step_cost_ratio=round(masked_s / max(compact_s, 1e-12), 4), remaining_steps=remaining,
                          extra_steps=extra)
         return extra
@@ -155,5 +158,6 @@ def compact_in_training(comp: Compaction, model, modules: dict, opt, make_opt, b
     for n, p in model.named_parameters():
         if n in moments:
             new_opt.state[p] = moments[n]
-    comp.info = {"step": comp.at_step, "max_abs_diff": diff, "masked_times_s": [round(t, 5) for t in comp.masked_times]}
+    comp.info = {"step": comp.at_step, "max_abs_diff": diff,
+                 "masked_ms_per_ktoken_each": [round(t * 1e6, 4) for t in comp.masked_times]}
     return new_opt

@@ -314,7 +314,7 @@ def fit(
                 M.apply_masks(modules)
             step += 1
             if compaction is not None:
-                compaction.timed(synced_clock() - started, step - 1)
+                compaction.timed(synced_clock() - started, step - 1, batch["input_ids"].numel())
                 if compaction.ready():  # the compact steps' cost known: the recovery's length
                     from .compaction import mean, stretch
 
