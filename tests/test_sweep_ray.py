@@ -161,3 +161,21 @@ def test_ctrl_c_cancels_the_points_still_running_and_says_which_finished(cluster
     line = next(ln for ln in err.splitlines() if "sweep interrupted" in ln)
     assert f"cancelled {len(cancelled)} point(s) on Ray" in line
     assert all(f"gmp @ {p['sparsity']:g}" in line.split("finished:")[1] for p in done)
+    # the cancelled points that had started stop with the sweep's job (their workers are killed)
+    pids = [int(ln.split(" pid ")[1]) for p in cancelled
+            for f in [root / ".ray" / f"{os.path.basename(p['run_dir'])}.attempts"] if f.is_file()
+            for ln in f.read_text().splitlines()]
+    assert pids  # two nodes: a second point was running beside the one that finished
+    deadline = time.time() + 60
+    while (alive := [pid for pid in pids if running(pid)]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"workers of cancelled points still running: {alive}"
+
+
+def running(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:  # a zombie has stopped
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False

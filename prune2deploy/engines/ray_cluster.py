@@ -15,7 +15,8 @@ sweep with all this machine's CPUs).
   redone, a stage cut short restarts from its last checkpoint. A Python error is not retried:
   the point is failed, as on the local engine. Each start is a line in
   `<root>/.ray/<point>.attempts`; the summary says how many there were and on which node.
-- **Ctrl-C** cancels the points still running or queued and says which had finished.
+- **Ctrl-C** marks the points still running or queued `cancelled`, says which had finished and
+  ends the job (Ray kills its workers; no `ray.cancel`, which can race a reply and abort the driver).
 """
 
 from __future__ import annotations
@@ -219,10 +220,10 @@ def _run(task, points, dirs, args, done) -> None:
                    + (f" ({point['attempts']} attempts)" if point.get("attempts", 1) > 1 else "")
                    if point["status"] == "done" else ""))
     except (KeyboardInterrupt, UserError) as e:
-        for ref in teachers:
-            ray.cancel(ref, force=True)
-        for ref, i in pending.items():
-            ray.cancel(ref, force=True)
+        # No ray.cancel: in Ray 2.60 a cancel that races a task's completion reply aborts the driver
+        # (task_manager.cc "Tried to complete task that was not pending", exit 1 instead of 130).
+        # The points still queued or running end with this driver's job: ray.shutdown() (the caller's
+        # finally) disconnects it, and Ray kills every worker of a finished job.
         for i in set(range(len(points))) - set(finished):
             done(i, {**entry(points[i], dirs[i]), "status": "cancelled"})
         if isinstance(e, KeyboardInterrupt):
