@@ -5,6 +5,7 @@ is a stand-in (a fake runtime or timer whose times the test chooses): no clock."
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -275,10 +276,57 @@ def test_the_loop_times_against_dense_int8_where_it_is_the_faster_dense_option(m
     L, W = cfg.num_hidden_layers, cfg.intermediate_size
     half = {"heads": [1] * L, "ffn": [W // 2] * L}
     task = get_task("squad")
-    best = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1)
+    best = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1, reference="target")
     dense_ms, ms = best(half)
-    assert best.references == ["dense-int8"]
+    assert best.references == ["dense-int8 on onnxruntime"]
     plain = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1, reference="dense")
     float_ms, ms2 = plain(half)
-    assert plain.references == ["dense"] and ms2 == ms
+    assert plain.references == ["dense on onnxruntime"] and ms2 == ms
     assert dense_ms[0] < float_ms[0]  # the speedup is over the faster dense option
+
+
+def test_the_loop_times_against_the_best_dense_option_on_every_production_runtime(monkeypatch, tiny_model_dir):
+    """reference="best" (the default): the dense model and its INT8 are timed on every production
+    runtime installed here, in the same rounds; the pruned model on the target. A runtime that is
+    not installed, or cannot run a graph here (bf16 not engaged), is left out."""
+    import prune2deploy.runtimes.registry as registry
+    from prune2deploy.errors import UserError
+    from prune2deploy.measure.latency_table import ShapeTimer
+    from prune2deploy.model.load import load_config
+    from prune2deploy.tasks.registry import get_task
+
+    class Scaled(_FakeRuntime):
+        def __init__(self, name, float_x, int8_x):
+            super().__init__()
+            self.name, self.x = name, {False: float_x, True: int8_x}
+            self.paths = []
+
+        def bench(self, path, inputs, *a, **kw):
+            t, out = super().bench(path, inputs, *a, **kw)
+            self.paths.append(Path(path).name)
+            quantized = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+            if self.x[quantized] is None:
+                raise RuntimeError(f"{self.name}: bf16 not engaged on this CPU")
+            return [x * self.x[quantized] for x in t], out
+
+    fakes = {"onnxruntime": Scaled("onnxruntime", 1.0, 0.8), "openvino": Scaled("openvino", 0.9, 0.5),
+             "openvino-bf16": Scaled("openvino-bf16", None, None)}
+
+    def get_runtime(name):
+        if name not in fakes:
+            raise UserError(f"runtime '{name}' is not installed here")
+        return fakes[name]
+
+    monkeypatch.setattr(registry, "get_runtime", get_runtime)
+    cfg = load_config(str(tiny_model_dir))
+    L, W = cfg.num_hidden_layers, cfg.intermediate_size
+    half = {"heads": [1] * L, "ffn": [W // 2] * L}
+    task = get_task("squad")
+    timer = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1)
+    dense_ms, ms = timer(half)
+    assert timer.references == ["dense-int8 on openvino"]
+    target = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1, reference="target")
+    target_ms, ms2 = target(half)
+    assert target.references == ["dense-int8 on onnxruntime"] and ms2 == ms  # the pruned model: on the target
+    assert dense_ms[0] == pytest.approx(target_ms[0] * 0.5 / 0.8)
+    assert "pruned.onnx" not in fakes["openvino"].paths and "pruned.onnx" in fakes["onnxruntime"].paths

@@ -251,12 +251,14 @@ def fastest_runtime(config, task, shapes, threads: int, inputs_for, opset: int) 
 
 class ShapeTimer:
     """`timer(counts) -> (dense_ms, ms)` per shape: a random-weight model of widths `counts`,
-    exported as the artifact ships, timed on `runtime` beside the dense model, interleaved
-    (dense, pruned, dense, pruned, ...) `rounds` times; each figure the median of its rounds'
-    medians, so a drift of the machine moves both alike. With `reference="best"` the dense figure
-    is the faster of the dense model and its static INT8 (calibrated on the bench inputs) on that
-    runtime, both timed in the same rounds: the best dense option a user could ship there;
-    `self.references` says which, per shape."""
+    exported as the artifact ships, timed on `runtime` beside the dense options it is measured
+    against, interleaved (dense options, pruned, dense options, pruned, ...) `rounds` times; each
+    figure the median of its rounds' medians, so a drift of the machine moves all alike.
+    `reference` says which dense options: "best" (default) the dense model and its static INT8
+    (calibrated on the bench inputs) on every production runtime installed here: the best dense
+    option a user could ship instead, as the bench stage counts it; "target" those two on
+    `runtime` only; "dense" the float model on `runtime`. `self.references` says which was
+    fastest, per shape (e.g. "dense-int8 on onnxruntime")."""
 
     def __init__(self, config, task, runtime: str, shapes, threads: int, inputs_for, opset: int,
                  rounds: int = 3, warmup: int = 3, iters: int = 10, min_time_s: float = 0.5,
@@ -268,7 +270,7 @@ class ShapeTimer:
         self.rounds, self.warmup, self.iters, self.min_time_s = rounds, warmup, iters, min_time_s
         self.reference = reference
         self._tmp = tempfile.TemporaryDirectory()
-        self._dense: list[tuple[str, Path]] | None = None
+        self._dense: list[tuple[str, object, Path]] | None = None
         self.references: list[str] = []
 
     def _graph(self, counts: dict[str, list[int]], name: str) -> Path:
@@ -278,31 +280,50 @@ class ShapeTimer:
                 self.task.export_task, self.opset, path)
         return path
 
-    def _dense_graphs(self) -> list[tuple[str, Path]]:
+    def _dense_graphs(self) -> list[tuple[str, object, Path]]:
+        """(label, runtime, graph) of each dense option; a runtime that cannot run one here (not
+        installed, bf16 not engaged on this CPU) is left out."""
+        from ..errors import UserError
+        from ..runtimes.registry import get_runtime
+
         L, H, W = self.config.num_hidden_layers, self.config.num_attention_heads, self.config.intermediate_size
         dense = self._graph({"heads": [H] * L, "ffn": [W] * L}, "dense")
-        graphs = [("dense", dense)]
-        if self.reference == "best":
-            from ..graphs.int8 import quantize_int8_static
+        if self.reference == "dense":
+            return [(f"dense on {self.runtime}", self.rt, dense)]
+        from ..graphs.int8 import quantize_int8_static
 
-            int8 = Path(self._tmp.name) / "dense.int8.onnx"
-            quantize_int8_static(dense, int8, [self.inputs_for(b, s) for b, s in self.shapes])
-            graphs.append(("dense-int8", int8))
-        return graphs
+        int8 = Path(self._tmp.name) / "dense.int8.onnx"
+        quantize_int8_static(dense, int8, [self.inputs_for(b, s) for b, s in self.shapes])
+        names = [self.runtime] + ([n for n in TARGETS if n != self.runtime] if self.reference == "best" else [])
+        x = self.inputs_for(*self.shapes[0])
+        out = []
+        for name in names:
+            try:
+                rt = self.rt if name == self.runtime else get_runtime(name)
+            except UserError:  # not installed here
+                continue
+            for label, path in (("dense", dense), ("dense-int8", int8)):
+                if name != self.runtime:
+                    try:
+                        rt.bench(path, x, self.threads, 0, 1, 0.0)
+                    except RuntimeError:  # e.g. bf16 not engaged on this CPU
+                        continue
+                out.append((f"{label} on {name}", rt, path))
+        return out
 
     def __call__(self, counts: dict[str, list[int]]) -> tuple[list[float], list[float]]:
         if self._dense is None:
             self._dense = self._dense_graphs()
-        pruned = self._graph(counts, "pruned")
+        graphs = self._dense + [("pruned", self.rt, self._graph(counts, "pruned"))]
         dense_ms, ms, self.references = [], [], []
         for b, s in self.shapes:
             x = self.inputs_for(b, s)
-            times: dict[str, list[float]] = {name: [] for name, _ in self._dense + [("pruned", pruned)]}
+            times: dict[str, list[float]] = {name: [] for name, _, _ in graphs}
             for _ in range(self.rounds):
-                for name, path in self._dense + [("pruned", pruned)]:
-                    t, _ = self.rt.bench(path, x, self.threads, self.warmup, self.iters, self.min_time_s)
+                for name, rt, path in graphs:
+                    t, _ = rt.bench(path, x, self.threads, self.warmup, self.iters, self.min_time_s)
                     times[name].append(float(np.median(t)))
-            best = min((name for name, _ in self._dense), key=lambda n: float(np.median(times[n])))
+            best = min((name for name, _, _ in self._dense), key=lambda n: float(np.median(times[n])))
             self.references.append(best)
             dense_ms.append(round(float(np.median(times[best])), 4))
             ms.append(round(float(np.median(times["pruned"])), 4))

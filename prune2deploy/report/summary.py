@@ -260,7 +260,7 @@ def _loop_line(st: dict | None) -> str | None:
     verdict = "met" if final.get("met") else "MISSED"
     refs = sorted(set((final.get("reference") or {}).values())) or ["dense"]
     return (f"--speedup {final['target_speedup']:g} {verdict} on {final['runtime']} at {at}: table predicted {pred}, "
-            f"measured {meas} (random-weight twin vs {' / '.join(refs)} there, interleaved; the bench below times "
+            f"measured {meas} (random-weight twin vs {' / '.join(refs)}, interleaved; the bench below times "
             "the trained graphs)")
 
 
