@@ -148,8 +148,11 @@ def test_ctrl_c_cancels_the_points_still_running_and_says_which_finished(cluster
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     summary = root / "sweep-rotten_tomatoes-smoke.json"
     deadline = time.time() + 300
-    while not (summary.is_file() and "done" in [p["status"] for p in json.loads(summary.read_text())["points"]]
-               and started(root, [p for p in json.loads(summary.read_text())["points"] if p["status"] != "done"])):
+    def one_done_and_another_started():
+        points = json.loads(summary.read_text())["points"] if summary.is_file() else []
+        return any(p["status"] == "done" for p in points) and started(root, [p for p in points if p["status"] != "done"])
+
+    while not one_done_and_another_started():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

@@ -185,12 +185,10 @@ def _run(task, points, dirs, args, done) -> None:
         teachers.update({task.remote(points[i], str(dirs[i]), until="teacher", **args): i for i in first.values()})
         log(f"sweep: {len(teachers)} teacher(s) first ({', '.join(label(points[i]) for i in teachers.values())})")
         failed_teacher = {}
-        for ref, i in list(teachers.items()):
+        for ref, i in teachers.items():
             try:
                 ray.get(ref)
-                teachers.pop(ref)
             except Exception as e:  # noqa: BLE001 - the points of that teacher fail, the others go on
-                teachers.pop(ref)
                 cause, line = _failure(e)
                 if stops_the_sweep(cause):
                     raise cause from None

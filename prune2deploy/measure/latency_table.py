@@ -298,16 +298,13 @@ class ShapeTimer:
         x = self.inputs_for(*self.shapes[0])
         out = []
         for name in names:
-            try:
-                rt = self.rt if name == self.runtime else get_runtime(name)
-            except UserError:  # not installed here
-                continue
             for label, path in (("dense", dense), ("dense-int8", int8)):
-                if name != self.runtime:
-                    try:
+                try:
+                    rt = self.rt if name == self.runtime else get_runtime(name)
+                    if name != self.runtime:
                         rt.bench(path, x, self.threads, 0, 1, 0.0)
-                    except RuntimeError:  # e.g. bf16 not engaged on this CPU
-                        continue
+                except (UserError, RuntimeError):  # not installed, or bf16 not engaged on this CPU
+                    continue
                 out.append((f"{label} on {name}", rt, path))
         return out
 
