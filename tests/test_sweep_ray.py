@@ -150,7 +150,8 @@ def test_ctrl_c_cancels_the_points_still_running_and_says_which_finished(cluster
     deadline = time.time() + 300
     def one_done_and_another_started():
         points = json.loads(summary.read_text())["points"] if summary.is_file() else []
-        return any(p["status"] == "done" for p in points) and started(root, [p for p in points if p["status"] != "done"])
+        running = [p for p in points if p["status"] != "done"]
+        return any(p["status"] == "done" for p in points) and started(root, running)
 
     while not one_done_and_another_started():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
