@@ -84,8 +84,10 @@ def run(
     speedup: Optional[str] = typer.Option(
         None, "--speedup",
         help="Structured target: remove whole attention heads and FFN neurons until the model is X times faster "
-        "than dense, measured on the latency runtime (prune.latency_runtime; default the fastest production "
-        "runtime here). Ships a smaller dense model every runtime runs faster. Not with --sparsity.",
+        "than the best dense option, measured on the latency runtime (prune.latency_runtime; default the fastest "
+        "production runtime here). A ladder (1.5,2,3) makes a family in one run, a member per target; one X makes "
+        "the default ladder up to X (prune.ladder=[X]: one model). Ships the fastest member that keeps "
+        "bench.accuracy_gate. Not with --sparsity.",
     ),
     method: Optional[str] = typer.Option(
         None, "--method", "-m", help="Pruning method (see `p2d methods`); with --speedup: gmp (norm) or ziplm."
@@ -169,12 +171,11 @@ def run(
         from .recipe import load_recipe
         from .run import default_run_dir, run_pipeline
 
+        ladder = None
         if speedup is not None:
-            try:
-                if not float(speedup) > 1.0:
-                    raise ValueError
-            except ValueError:
-                raise UserError(f"--speedup must be a number > 1 (the dense model's time over the pruned one's), got '{speedup}'") from None  # noqa: E501 - one message/literal
+            from .pruning.family import parse_ladder
+
+            ladder = parse_ladder(speedup)  # one number, or a family: 1.5,2,3
         if speedup is not None and sparsity is not None:
             raise UserError(
                 "--speedup (structured: heads and FFN neurons removed) and --sparsity (unstructured zeros) are "
@@ -183,7 +184,8 @@ def run(
         overrides = _overrides(
             sets,
             **{
-                "prune.target_speedup": speedup,
+                "prune.target_speedup": ladder[-1] if ladder else None,
+                "prune.ladder": list(ladder) if ladder and len(ladder) > 1 else None,
                 "prune.method": method or ("ziplm" if speedup is not None else None),
                 "prune.pattern": "structured" if speedup is not None and pattern is None else pattern,
                 "prune.target_sparsity": 0.0 if speedup is not None else sparsity,
@@ -307,8 +309,11 @@ def package(
         None, "--runtime", "-r",
         help="The serving runtime it is for (default: the verdict's, else the fastest production runtime benched).",
     ),
+    member: Optional[str] = typer.Option(
+        None, "--member", help="A --speedup family's member by name, e.g. 1.5x (default: the one the verdict ships)."
+    ),
 ) -> None:
-    """Package a run's sparse ONNX with tokenizer, manifest and model card."""
+    """Package a run's pruned ONNX with tokenizer, manifest and model card."""
 
     def go():
         from .ship.package import package as do_package
@@ -317,7 +322,8 @@ def package(
             raise UserError("--layout applies to --int8 only")
         from .ship.verify import manifest_digest
 
-        path = do_package(run_dir, out, fmt, name, int8=int8, dense=dense, layout=layout, runtime=runtime)
+        path = do_package(run_dir, out, fmt, name, int8=int8, dense=dense, layout=layout, runtime=runtime,
+                          member=member)
         digest = manifest_digest(path)
         print(f"wrote {path} (manifest.json sha256 {digest}: pin it with --expect-manifest-sha256 {digest})")
 

@@ -87,6 +87,11 @@ class PruneConfig:
     recovery_reuse: float = 1.0
     max_recovery_extension: float = 1.0
     kd_hidden: float = 0.0  # weight of token-level hidden-state distillation (ZipLM), added to the KD loss
+    # the family (`--speedup 1.5,2,3`): every rung's member is saved when the schedule reaches it,
+    # recovered for `member_recovery_epochs` on its compact model, and validated, exported and benched;
+    # empty: the default ladder up to target_speedup (`pruning/family.default_ladder`); [X]: one model
+    ladder: tuple[float, ...] = ()
+    member_recovery_epochs: float = 0.25
     include_embeddings: bool = False  # ablation only (paper guideline 1: keep dense)
     include_head: bool = False
     # Schedule, in epochs at `reference_sparsity`; every time below scales with the target
@@ -343,6 +348,7 @@ def load_recipe(
 RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "threads": (0, True, None, False),
     "prune.recovery_reuse": (0, True, None, False),
+    "prune.member_recovery_epochs": (0, True, None, False),
     "prune.max_recovery_extension": (0, True, None, False),
     "checkpoint_every": (0, True, None, False),
     "export.calibration_examples": (1, True, None, False),
@@ -415,8 +421,14 @@ def validate(r: Recipe) -> None:
                 f"--speedup prunes whole heads and FFN neurons (pattern 'structured'), not '{r.prune.pattern}': "
                 "drop --pattern, or use --sparsity for unstructured/N:M pruning"
             )
+        if r.prune.ladder:
+            from .pruning.family import check_ladder
+
+            check_ladder(r.prune.ladder, r.prune.target_speedup)
     elif structured:
         raise UserError("pattern 'structured' needs a target: pass --speedup X (e.g. --speedup 2)")
+    if r.prune.ladder and r.prune.target_speedup is None:
+        raise UserError("prune.ladder is a family of --speedup targets: pass --speedup 1.5,2,3")
     if structured and r.export.qat_epochs > 0:
         raise UserError("export.qat_epochs: QAT fine-tunes a masked model; with --speedup use int8-static, no QAT")
     if r.prune.latency_reference not in ("best", "target", "dense"):

@@ -57,7 +57,9 @@ def plan_points(
         for method in methods:
             for target in speedups or sparsities:
                 prune = (
-                    replace(base.prune, method=method, target_speedup=target, target_sparsity=0.0, pattern="structured")
+                    # a sweep's point is one model (its targets are the sweep's): no family of its own
+                    replace(base.prune, method=method, target_speedup=target, target_sparsity=0.0, pattern="structured",
+                            ladder=(target,))
                     if speedups
                     else replace(base.prune, method=method, target_sparsity=target)
                 )

@@ -186,7 +186,8 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
         sub = [r for r in ok if (r["batch_size"], r["seq_len"]) == shape]
         names = sorted({r["runtime"] for r in sub})
         order = ("dense", "dense-int8", "dense-int8-mmi", "sparse", "sparse-int8", "sparse-int8-mmi")
-        labels = [m for m in order if any(r["model"] == m for r in sub)]
+        labels = [m for m in order if any(r["model"] == m for r in sub)] + sorted(
+            {r["model"] for r in sub} - set(order))  # a family's members (sparse@1.5x, ...)
         x = np.arange(len(names))
         width = 0.8 / len(labels)
         for i, label in enumerate(labels):

@@ -28,14 +28,15 @@ class GMP(StructuredMethod):
     Settings = Settings
 
     def __init__(self, settings: Settings, scope: str, pattern: str | None, *, structure=None, latency=None,
-                 widths: str = "per_layer", timer=None, final_sparsity=None, **resources):
+                 widths: str = "per_layer", timer=None, final_sparsity=None, rungs=None, snapshot=None,
+                 **resources):
         self.scope, self.pattern = scope, pattern
         self.structured = None
         if pattern == M.STRUCTURED:
             from .structured import StructuredPruner
 
             self.structured = StructuredPruner("magnitude", structure, latency, widths == "uniform", timer=timer,
-                                               final_sparsity=final_sparsity)
+                                               final_sparsity=final_sparsity, rungs=rungs, snapshot=snapshot)
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
         if self.structured is not None:

@@ -127,7 +127,7 @@ class StructuredPruner:
 
     def __init__(self, criterion: str, structure: Structure, latency, uniform: bool = False,
                  hessians=None, damp: float = 0.01, timer=None, final_sparsity: float | None = None,
-                 norms: dict | None = None):
+                 norms: dict | None = None, rungs: dict[str, float] | None = None, snapshot=None):
         if latency is None or structure is None:
             raise ValueError("structured pruning needs a structure and a latency table")
         self.criterion, self.structure, self.table, self.uniform = criterion, structure, latency, uniform
@@ -135,15 +135,23 @@ class StructuredPruner:
         self.timer, self.final_sparsity = timer, final_sparsity
         self.norms = norms  # LayerNorm name -> module: OBS losses in one unit (see `_unit`)
         self.history: list[dict] = []
-        self.loops: dict[str, dict] = {}  # "before_training" / "final": the latency loop's record
+        self.loops: dict[str, dict] = {}  # "before_training" / "final" / "member_1.5x": the latency loop's record
+        # the family's rungs below the final target (name -> fraction of time removed at its event),
+        # `snapshot(name)` keeps a member as the schedule left it: called at the event after its own
+        self.rungs, self.snapshot = rungs or {}, snapshot
+        self.members: dict[str, dict] = {}  # name -> target, widths, prediction (the prune record's)
+        self.pending: str | None = None  # the member whose snapshot the next event takes
 
     def state_dict(self) -> dict:
         """The table as the latency loop corrected it, its records and the history (checkpointed)."""
-        return {"table": self.table.to_dict(), "loops": json.dumps(self.loops), "history": json.dumps(self.history)}
+        return {"table": self.table.to_dict(), "loops": json.dumps(self.loops), "history": json.dumps(self.history),
+                "members": json.dumps({"members": self.members, "pending": self.pending})}
 
     def load_state_dict(self, state: dict) -> None:
         self.table = type(self.table).from_dict(state["table"])
         self.loops, self.history = json.loads(state["loops"]), json.loads(state["history"])
+        family = json.loads(state.get("members") or '{"members": {}, "pending": null}')
+        self.members, self.pending = family["members"], family["pending"]
 
     def _curves(self, modules: dict):
         st, inv = self.structure, None
@@ -173,11 +181,12 @@ class StructuredPruner:
         gain = float(norm.weight.detach().double().pow(2).mean()) if getattr(norm, "weight", None) is not None else 1.0
         return gain / max(float(variance), 1e-12)
 
-    def _search(self, attn, ffn, budget: float):
+    def _search(self, attn, ffn, budget: float, at_least: tuple[int, int] | None = None):
         st = self.structure
 
         def search(table):
-            removed = allocate(attn, ffn, table, budget, self.uniform)
+            removed = (allocate_uniform(attn, ffn, table, budget, at_least) if self.uniform and at_least
+                       else allocate(attn, ffn, table, budget, self.uniform))
             counts = {"heads": [layer.heads - r for layer, r in zip(st.layers, removed["attn"])],
                       "ffn": [layer.ffn - r for layer, r in zip(st.layers, removed["ffn"])]}
             loss = sum(c.loss[r] for c, r in zip(attn, removed["attn"])) + sum(
@@ -186,8 +195,18 @@ class StructuredPruner:
 
         return search
 
-    def _loop(self, attn, ffn, budget: float, name: str):
-        res = close_loop(self._search(attn, ffn, budget), self.table, self.timer, 1.0 / budget,
+    def _towards_final(self, attn, ffn) -> tuple[int, int]:
+        """Uniform widths: the heads and FFN width the final target picks on today's curves (an
+        event on the way never removes past them: what is removed now cannot come back)."""
+        st = self.structure
+        try:
+            final = allocate_uniform(attn, ffn, self.table, 1.0 - self.final_sparsity)
+            return st.layers[0].heads - final["attn"][0], st.layers[0].ffn - final["ffn"][0]
+        except UserError:  # out of reach from here on this table: the event alone decides
+            return 0, 0
+
+    def _loop(self, attn, ffn, budget: float, name: str, at_least: tuple[int, int] | None = None):
+        res = close_loop(self._search(attn, ffn, budget, at_least), self.table, self.timer, 1.0 / budget,
                          label=f" ({name.replace('_', ' ')})")
         self.table = res.table
         self.loops[name] = res.record(round(1.0 / budget, 4), self.table.shapes)
@@ -206,19 +225,18 @@ class StructuredPruner:
     def prune_step(self, modules: dict, sparsity: float) -> None:
         budget = 1.0 - sparsity
         st = self.structure
+        if self.pending is not None and self.snapshot is not None:  # the member before this event removes more
+            self.snapshot(self.pending)
+            self.pending = None
         attn, ffn, inv = self._curves(modules)
         final = self.final_sparsity is not None and abs(sparsity - self.final_sparsity) < 1e-9
-        if self.timer is not None and final:
-            res = self._loop(attn, ffn, budget, "final")
-            removed = res.chosen.removal if res.chosen else self._search(attn, ffn, budget)(self.table)[0]
-        elif self.uniform and self.final_sparsity is not None:
-            # an event on the way: towards the widths the final target picks on today's curves,
-            # never past them (a structure removed now cannot come back for the final choice)
-            try:
-                final = allocate_uniform(attn, ffn, self.table, 1.0 - self.final_sparsity)
-                at_least = (st.layers[0].heads - final["attn"][0], st.layers[0].ffn - final["ffn"][0])
-            except UserError:  # out of reach from here on this table: the event alone decides
-                at_least = (0, 0)
+        rung = None if final else next((n for n, s in self.rungs.items() if abs(s - sparsity) < 1e-9), None)
+        on_the_way = self.uniform and self.final_sparsity is not None and not final
+        at_least = self._towards_final(attn, ffn) if on_the_way else None
+        if self.timer is not None and (final or rung):  # a member's widths are measured, like the final ones
+            res = self._loop(attn, ffn, budget, "final" if final else f"member_{rung}", at_least)
+            removed = res.chosen.removal if res.chosen else self._search(attn, ffn, budget, at_least)(self.table)[0]
+        elif on_the_way:
             removed = allocate_uniform(attn, ffn, self.table, budget, at_least)
         else:
             removed = allocate(attn, ffn, self.table, budget, self.uniform)
@@ -242,6 +260,10 @@ class StructuredPruner:
         c = counts(kept)
         predicted = self.table.relative(c)
         self.history.append({"target_speedup": round(1 / budget, 4), "predicted_speedup": round(1 / predicted, 4), **c})
+        if rung:
+            self.members[rung] = {"target_speedup": round(1 / budget, 4), "predicted_speedup": round(1 / predicted, 4),
+                                  "widths": c, "latency_loop": self.loops.get(f"member_{rung}")}
+            self.pending = rung
         log(f"[dim]structured → {1 / budget:.2f}x (predicted {1 / predicted:.2f}x on {self.table.runtime}): "
             f"heads {c['heads']}, FFN {c['ffn']}[/dim]")
 

@@ -87,8 +87,25 @@ def compaction(p, res: dict, at_step: int):
                       reuse=p.recovery_reuse, max_extra=p.max_recovery_extension)
 
 
+def save_member(out: Path, name: str, model, tokenizer, kept: dict, rec: dict, recovery_steps: int) -> dict:
+    """A family member below the final target: its compact model saved (`prune/members/<name>/model`),
+    its widths checked against the ones its event chose, and its record."""
+    from .structures import counts, widths_of
+
+    widths = counts(kept)
+    if widths_of(model) != widths or widths != rec["widths"]:
+        raise VerificationError(f"prune: member {name} keeps {widths_of(model)}, its event chose {rec['widths']}")
+    where = out / "members" / name / "model"
+    model.save_pretrained(where, safe_serialization=True)
+    tokenizer.save_pretrained(where)
+    log(f"[dim]member {name}: heads {widths['heads']}, FFN {widths['ffn']}, recovered {recovery_steps} steps[/dim]")
+    return {"name": name, "target_speedup": rec["target_speedup"], "predicted_speedup": rec["predicted_speedup"],
+            "widths": widths, "kept_heads": kept["heads"], "latency_loop": rec.get("latency_loop"),
+            "recovery_steps": recovery_steps, "model_dir": f"prune/members/{name}/model"}
+
+
 def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, train_log: dict,
-           compacted=None) -> dict:
+           compacted=None, members: list[dict] | None = None) -> dict:
     """Check, save the masked and the compact model, and return the record's structured fields.
     `compacted`: the Compaction that already made the student compact during recovery (no
     masked model is left to save: its masks are, and the compaction checked the two agree)."""
@@ -131,4 +148,7 @@ def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, 
         "masked_model_dir": None if done else "prune/masked",
         # recovery on the compact model: when, the two step costs measured, the steps added
         "compaction": compacted.info if done else None,
+        # the family: the members below this one (the last rung), smallest target first
+        "name": f"{p.target_speedup:g}x",
+        "members": members or [],
     }

@@ -35,10 +35,11 @@ class ZipLM(StructuredMethod):
 
     def __init__(self, settings: Settings, scope: str, pattern: str | None, *, structure=None, latency=None,
                  widths: str = "per_layer", hessians=None, timer=None, final_sparsity=None, norms=None,
-                 **resources):
+                 rungs=None, snapshot=None, **resources):
         self.structured = StructuredPruner("obs", structure, latency, widths == "uniform", hessians, settings.damp,
                                            timer=timer, final_sparsity=final_sparsity,
-                                           norms=norms if settings.normalize else None)
+                                           norms=norms if settings.normalize else None, rungs=rungs,
+                                           snapshot=snapshot)
 
     def prune_step(self, modules: dict, sparsity: float) -> None:
         self.structured.prune_step(modules, sparsity)

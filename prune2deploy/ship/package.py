@@ -20,7 +20,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..files import hash_dir, read_json, write_json_atomic
+from ..files import hash_dir, inside, read_json, write_json_atomic
+from ..pruning.family import label, member_of_label
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -239,6 +240,7 @@ def package(
     dense: bool = False,
     layout: str | None = None,
     runtime: str | None = None,
+    member: str | None = None,
 ) -> Path:
     """`layout` (with int8): "qdq" (ORT's QDQ pairs, per-channel weights) or "matmulinteger"
     (per-tensor MatMulInteger → Cast → Mul, the layout DeepSparse accelerates; made by static
@@ -261,7 +263,12 @@ def package(
         raise UserError(f"{run_dir}: no finished run (report.json and export/model.onnx needed); run `p2d run` first")
     report = read_json(report_path)
     export_rec = read_json(export_dir / "stage.json")["result"]
-    source = export_dir / "model.onnx"
+    member, member_rec = _member(report, export_rec, member, int8, dense)
+    if member_rec is not None:  # a family's member below the last: its graph, its files, its counts
+        export_rec = member_rec
+        export_dir = inside(run_dir, Path(member_rec["path"]).parent, "export record member")
+        report = _as_member(report, member)
+    source = inside(run_dir, export_rec["path"], "export record") if member_rec else export_dir / "model.onnx"
     initializers = {
         k: {"onnx_name": v["onnx_name"], "zeros": v["onnx_zeros"], "numel": v["numel"]}
         for k, v in export_rec["per_tensor"].items()
@@ -299,7 +306,7 @@ def package(
         f"{recipe.task}-dense"
         if dense
         else f"{recipe.task}-{recipe.prune.method}-" + (
-            f"{recipe.prune.target_speedup:g}x" if recipe.prune.target_speedup
+            member if member else f"{recipe.prune.target_speedup:g}x" if recipe.prune.target_speedup
             else f"{int(round(recipe.prune.target_sparsity * 100))}"
         )
         + ("-int8" if int8 else "")
@@ -333,7 +340,8 @@ def package(
         precision = "int8" if int8 else "fp32"
         arrays, reference = reference_outputs(tmp / model_rel, export_dir, task, dev, precision)
         np.savez(tmp / "samples.npz", **arrays)
-        measured_as = INT8_LAYOUTS[layout][1] if int8 else ("dense" if dense else "sparse")
+        measured_as = INT8_LAYOUTS[layout][1] if int8 else ("dense" if dense else label(member) if member_rec
+                                                             else "sparse")
         target = measured_runtime(report, measured_as, runtime)
         card = model_card(report, name)
         if dense:
@@ -353,7 +361,8 @@ def package(
             "metric": report.get("metric"),
             "metrics": report["metrics"],
             "target_sparsity": recipe.prune.target_sparsity,
-            "target_speedup": recipe.prune.target_speedup,
+            "target_speedup": report.get("target_speedup"),
+            "member": member,  # a --speedup family's member (None: a run without one)
             "encoder_sparsity": encoder_sparsity,
             "precision": precision,
             "int8_layout": layout if int8 else None,
@@ -380,3 +389,30 @@ def package(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _member(report: dict, export_rec: dict, wanted: str | None, int8: bool,
+            dense: bool) -> tuple[str | None, dict | None]:
+    """(the family member packaged, its export record where it is below the last, else None): the
+    one named, else the verdict's (a run without a family: None, the run's pruned model)."""
+    names = [m["name"] for m in report.get("family") or []]
+    if wanted is not None:
+        if int8 or dense:
+            raise UserError("--member picks a pruned float graph of the family: not with --int8 or --dense")
+        if wanted not in names:
+            known = ", ".join(names) if names else "none: this run made one model"
+            raise UserError(f"--member {wanted}: not a member of this run's family (members: {known})")
+    elif not (int8 or dense) and names:
+        verdict = report.get("verdict") or {}
+        wanted = member_of_label(verdict.get("model") or "") or names[-1]
+    if wanted is None:
+        return None, None
+    return wanted, (export_rec.get("members") or {}).get(wanted)
+
+
+def _as_member(report: dict, name: str) -> dict:
+    """The report as the model card and manifest tell it for member `name` (its metrics, target, widths)."""
+    fam = next(m for m in report["family"] if m["name"] == name)
+    metrics = dict(report["metrics"], sparse=report["metrics"].get("members", {}).get(name, {}))
+    return {**report, "metrics": metrics, "target_speedup": fam["target_speedup"], "member": name,
+            "sparsity": {**report["sparsity"], "per_layer": {}}}  # the masks' are the last member's

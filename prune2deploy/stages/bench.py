@@ -7,11 +7,12 @@ PyTorch before it is timed (`latency.bench_models`); the CPU is recorded with th
 
 from __future__ import annotations
 
-from ..files import write_json_atomic
+from ..files import inside, write_json_atomic
 from ..measure.bench_rows import bench_models, chart, loadavg, markdown, reference_outputs
 from ..measure.machine import cpu_info
 from ..model.load import load_tokenizer
 from ..graphs.int8 import OnnxAsModel
+from ..pruning import family
 from ..runtimes import onnxruntime as ort_rt
 from ..runtimes.registry import session_of
 from .common import StageContext, inputs_cache, setup
@@ -47,6 +48,11 @@ def run(ctx: StageContext) -> dict:
         for label, field in (("sparse-int8-mmi", "mmi_path"), ("dense-int8-mmi", "dense_mmi_path")):
             if q.get(field):  # DeepSparse's INT8 layout (static only), timed on every runtime all the same
                 models[label] = {"onnx": ctx.path("quantize", field), "hf": None, "precision": "int8"}
+    for member in ctx.result("prune").get("members") or []:  # a --speedup family: every member, like the last
+        models[family.label(member["name"])] = {
+            "onnx": inside(ctx.run_dir, ctx.result("export")["members"][member["name"]]["path"], "export record"),
+            "hf": str(inside(ctx.run_dir, member["model_dir"], "prune record member")),
+        }
     inputs_for = inputs_cache(task, tokenizer, samples)
 
     for label, m in models.items():

@@ -3,12 +3,14 @@
 Writes `export/model.onnx` (sparse) and `export/dense.onnx` with the tokenizer and config
 beside them; verifies, tensor by tensor, that every pruned weight's ONNX initializer has the
 torch mask's zeros (the stage fails otherwise), and that ONNX outputs match PyTorch's on
-real task inputs within `export.atol`.
+real task inputs within `export.atol`. A `--speedup` family's members below the final target:
+`export/members/<name>/model.onnx`, each checked the same way.
 """
 
 from __future__ import annotations
 
 from ..errors import VerificationError
+from ..files import inside
 from ..model.load import load_model, load_tokenizer
 from ..graphs.onnx_export import export_onnx, parity, verify_against_masks, verify_structure
 from ..pruning import masks as M
@@ -102,6 +104,23 @@ def _structured(ctx: StageContext, task, dev, tokenizer, compact, dense_dir, pr:
             raise VerificationError(
                 f"export: {name} ONNX outputs differ from {what} by {diff:.2e} > atol {recipe.export.atol:g}"
             )
+    members = {}  # a --speedup family: each member below the final target, exported and checked alike
+    for member in pr.get("members") or []:
+        member_dir = inside(ctx.run_dir, member["model_dir"], "prune record member")
+        path = out / "members" / member["name"] / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(member_dir, task, recipe.export.opset, path)
+        model = load_model(str(member_dir), task.auto_class, task.num_labels)
+        checked = verify_structure(model, path, member["widths"])
+        diff = parity(model, path, inputs, recipe.threads)
+        if not diff <= recipe.export.atol:
+            raise VerificationError(f"export: member {member['name']} ONNX outputs differ from PyTorch's by "
+                                    f"{diff:.2e} > atol {recipe.export.atol:g}")
+        tokenizer.save_pretrained(path.parent)  # beside it, as for the main model: what `p2d package` ships
+        model.config.save_pretrained(path.parent)
+        members[member["name"]] = {"path": f"export/members/{member['name']}/model.onnx", "widths": checked["widths"],
+                                   "tensors_verified": len(checked["tensors"]), "max_abs_diff": diff,
+                                   "bytes": path.stat().st_size, **_initializers(checked["tensors"])}
     import onnx
 
     size = {k: (out / f).stat().st_size for k, f in (("pruned", "model.onnx"), ("dense", "dense.onnx"))}
@@ -115,13 +134,7 @@ def _structured(ctx: StageContext, task, dev, tokenizer, compact, dense_dir, pr:
         "widths": report["widths"],
         "tensors_verified": len(report["tensors"]),
         # what `p2d package` / `p2d verify` record and re-count (a compact model has few zeros left)
-        "per_tensor": {
-            f"{_ENCODER}{t['torch_name']}.weight": {k: t[k] for k in ("onnx_name", "shape", "numel", "onnx_zeros")}
-            | {"mask_zeros": 0}
-            for t in report["tensors"]
-        },
-        "encoder_sparsity": sum(t["onnx_zeros"] for t in report["tensors"])
-        / max(1, sum(t["numel"] for t in report["tensors"])),
+        **_initializers(report["tensors"]),
         "bytes": size,
         "parameters": n_params,
         "max_abs_diff": diffs.get("sparse", diffs["compact"]),
@@ -129,10 +142,23 @@ def _structured(ctx: StageContext, task, dev, tokenizer, compact, dense_dir, pr:
         "max_abs_diff_dense": diffs["dense"],
         "atol": recipe.export.atol,
         "parity_inputs": {"examples": len(samples), "seq_len": seq},
+        "members": members,
     }
 
 
 _ENCODER = "encoder."  # the compact model's weights, named from its encoder module
+
+
+def _initializers(tensors: list[dict]) -> dict:
+    """A compact graph's verified encoder weights as `p2d package` / `p2d verify` record them."""
+    return {
+        "per_tensor": {
+            f"{_ENCODER}{t['torch_name']}.weight": {k: t[k] for k in ("onnx_name", "shape", "numel", "onnx_zeros")}
+            | {"mask_zeros": 0}
+            for t in tensors
+        },
+        "encoder_sparsity": sum(t["onnx_zeros"] for t in tensors) / max(1, sum(t["numel"] for t in tensors)),
+    }
 
 
 def _numel(t) -> int:

@@ -18,7 +18,7 @@ from ..model.load import load_model, load_tokenizer
 from ..pruning import masks as M
 from ..pruning.registry import get_method, settings_for
 from ..pruning.schedule import make_plan
-from ..pruning import structured_target
+from ..pruning import family, structured_target
 from ..train.loop import FitConfig, fit, gradient_stream
 from .common import StageContext, checkpoint_path, inputs_cache, load_teacher, setup, train_data
 
@@ -61,6 +61,11 @@ def run(ctx: StageContext) -> dict:
     steps_per_epoch = max(1, len(features) // p.batch_size)
     # structured: the schedule raises the fraction of the dense model's time removed
     plan = make_plan(replace(p, target_sparsity=recipe.schedule_target()), scale, steps_per_epoch)
+    rungs = {}  # the family's members below the final target: name -> fraction of time removed at its event
+    if structured and plan.prune_steps:
+        below = family.ladder_of(p)[:-1]
+        plan = replace(plan, prune_steps=tuple(family.place_rungs(list(plan.prune_steps), [1 - 1 / x for x in below])))
+        rungs = {family.name_of(x): 1 - 1 / x for x in below}
     kd_teacher = teacher if p.kd_hardness > 0 else None
     nm, block, group = M.parse_pattern(p.pattern), M.block_of(p.pattern), M.group_of(p.pattern)
     odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % group), None)
@@ -95,6 +100,9 @@ def run(ctx: StageContext) -> dict:
             recipe, task, tokenizer, student, modules, features, settings, ctx.path("latency", "table"),
             plan.prune_steps[-1][1] if plan.prune_steps else None,
             lambda: inputs_cache(task, tokenizer, task.sample_inputs(dev, 64)), D.rank())
+        snapshots = family.Snapshots(checkpoint_path(ctx.run_dir, "prune").with_name("prune-members"), student,
+                                     modules, D.rank())
+        resources |= {"rungs": rungs, "snapshot": snapshots.take}
     method = get_method(p.method)(
         settings,
         p.scope,
@@ -142,9 +150,24 @@ def run(ctx: StageContext) -> dict:
 
     masks = compacted.masks if compacted is not None and compacted.done else M.get_masks(modules)
     if structured:
-        return {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method, train_log,
-                                           compacted),
-                **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks)}
+        members = []  # the family below the final target, each recovered briefly on its compact model
+        steps = round(p.member_recovery_epochs * steps_per_epoch)
+        for name, rec in (method.structured.members.items() if rungs else ()):
+            model, kept = family.recover(
+                name, snapshots,
+                lambda: load_model(teacher_dir if p.init_from == "teacher" else base_model, task.auto_class,
+                                   task.num_labels, recipe.attention_dropout),
+                lambda m: M.prunable_modules(m, p.include_embeddings, p.include_head),
+                cfg, steps, features, tokenizer, kd_teacher, structured_target.check_masks)
+            members.append(structured_target.save_member(out, name, model, tokenizer, kept, rec, steps))
+        result = {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method,
+                                             train_log, compacted, members),
+                  **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks)}
+        if D.is_main():
+            import shutil
+
+            shutil.rmtree(snapshots.folder, ignore_errors=True)
+        return result
     try:
         if nm:
             M.check_pattern(masks, *nm)
