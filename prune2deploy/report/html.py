@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import read_json
+from ..pruning.family import member_of_label
 from .summary import BENCH_COLUMNS, row_accuracy
 
 
@@ -79,6 +80,10 @@ def latency_rows(runs: list[dict]) -> list[dict]:
                     "structured": p["structured"] and not dense,
                     "metric_value": value,
                     "metric": p["metric"],
+                    # a --speedup family's member by name (the last rung's bench label is "sparse")
+                    "member": member_of_label(b["model"]) or (
+                        (r.get("family") or [{}])[-1].get("name") if b["model"] == "sparse" and r.get("family")
+                        else None),
                 }
             )
     return out
@@ -172,6 +177,10 @@ def chart_pareto(rows: list[dict], path: Path) -> list[tuple[float, float]]:
         if not rs:
             continue
         ax.scatter([r["p50_ms"] for r in rs], [r["metric_value"] for r in rs], marker=marker, label=label, alpha=0.7)
+    for r in sel:  # a family's members, by name
+        if r.get("member"):
+            ax.annotate(r["member"], (r["p50_ms"], r["metric_value"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
     front = pareto([(r["p50_ms"], r["metric_value"]) for r in sel])
     if front:
         ax.plot(

@@ -151,7 +151,7 @@ def run(ctx: StageContext) -> dict:
     masks = compacted.masks if compacted is not None and compacted.done else M.get_masks(modules)
     if structured:
         members = []  # the family below the final target, each recovered briefly on its compact model
-        steps = round(p.member_recovery_epochs * steps_per_epoch)
+        steps = member_steps(p, plan, steps_per_epoch, train_log)
         for name, rec in (method.structured.members.items() if rungs else ()):
             model, kept = family.recover(
                 name, snapshots,
@@ -191,6 +191,17 @@ def run(ctx: StageContext) -> dict:
         "scope": p.scope,
         **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks),
     }
+
+
+def member_steps(p, plan, steps_per_epoch: int, train_log: dict) -> int:
+    """A family member's recovery on its compact model: `prune.member_recovery_epochs`, or (None)
+    as many steps as the last rung trained at its final widths (its compaction's extension included)."""
+    if p.member_recovery_epochs is not None:
+        return round(p.member_recovery_epochs * steps_per_epoch)
+    c = train_log.get("compaction") or {}
+    if "remaining_steps" in c:
+        return c["remaining_steps"] + c.get("extra_steps", 0)
+    return plan.total_steps - plan.prune_steps[-1][0] if plan.prune_steps else 0
 
 
 def _schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks) -> dict:
