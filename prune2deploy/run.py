@@ -24,7 +24,7 @@ from .files import hash_dir, read_json, replace_dir, sha256_json, write_json_ato
 from .progress import log
 from .recipe import Recipe
 from .stages import STAGES  # the registry: stage names in order (see stages/__init__.py)
-from .stages.common import StageContext, checkpoint_path
+from .stages.common import StageContext, checkpoint_files, checkpoint_path
 
 
 
@@ -216,6 +216,7 @@ def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, k
     write_json_atomic(tmp / "stage.json", record)
     replace_dir(tmp, run_dir / stage)
     checkpoint_path(run_dir, stage).unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_files(run_dir, stage), ignore_errors=True)
     return record
 
 

@@ -30,6 +30,7 @@ def test_default_ladder_is_the_two_standard_rungs_below_the_target():
 @pytest.mark.parametrize("text,needle", [
     ("2,1.5", "must rise"), ("1.5,1.5", "no repeats"), ("1,2", "every target must be a number > 1, got 1"),
     ("1.5,inf", "got inf"), ("1.5,x", "rising ladder"), ("0.5", "must be a number > 1"),
+    ("1.2345671,1.2345672", "share a name"),
 ])
 def test_a_bad_ladder_is_one_line(text, needle):
     with pytest.raises(UserError, match=needle):
@@ -51,14 +52,17 @@ def test_a_bad_ladder_on_the_command_line_writes_nothing(tmp_path, tiny_model_di
 
 def test_each_rung_gets_its_own_event_at_exactly_its_fraction():
     events = [(0, 0.1), (10, 0.2), (20, 0.3), (30, 0.4), (40, 0.5)]
-    placed = family.place_rungs(events, [1 - 1 / 1.25, 1 - 1 / 1.5])
+    placed, rungs = family.place_rungs(events, [1 - 1 / 1.5, 1 - 1 / 1.25])
     assert placed == [(0, 0.1), (10, pytest.approx(0.2)), (20, 0.3), (30, pytest.approx(1 / 3)), (40, 0.5)]
+    assert rungs == [pytest.approx(0.2), pytest.approx(1 / 3)]
     assert [s for _, s in placed] == sorted(s for _, s in placed)  # still rising
-    assert [step for step, _ in placed] == [step for step, _ in events]  # the same steps
-    late = family.place_rungs([(0, 0.1), (10, 0.2), (20, 0.5)], [0.4])  # no event reaches it before the final
+    late, _ = family.place_rungs([(0, 0.1), (10, 0.2), (20, 0.5)], [0.4])  # no event reaches it before the final
     assert late == [(0, 0.1), (10, 0.4), (20, 0.5)]
-    with pytest.raises(UserError, match="too few for 2 rungs"):
+    with pytest.raises(UserError, match="too few for 2 rungs"):  # a ladder the user gave
         family.place_rungs([(0, 0.2), (10, 0.5)], [0.25, 0.4])
+    # the default ladder on a short schedule: the lowest rungs are left out, the run goes on
+    assert family.place_rungs([(0, 0.2), (10, 0.5)], [0.25, 0.4], strict=False) == ([(0, 0.4), (10, 0.5)], [0.4])
+    assert family.place_rungs([(0, 0.5)], [1 / 3], strict=False) == ([(0, 0.5)], [])  # one shot: no member
 
 
 def _pruned_model():

@@ -54,7 +54,10 @@ def member_of_label(model_label: str) -> str | None:
 
 def check_ladder(ladder, target: float | None = None) -> tuple[float, ...]:
     """Every rung a finite number > 1, rising (no repeats); the last one the run's target."""
-    values = tuple(float(x) for x in ladder)
+    try:
+        values = tuple(float(x) for x in ladder)
+    except (TypeError, ValueError):
+        raise UserError(f"--speedup: a ladder is numbers > 1, rising (1.5,2,3), got {ladder!r}") from None
     text = ",".join(f"{x:g}" for x in values)
     if not values:
         raise UserError("--speedup: the ladder is empty")
@@ -63,6 +66,8 @@ def check_ladder(ladder, target: float | None = None) -> tuple[float, ...]:
         raise UserError(f"--speedup {text}: every target must be a number > 1, got {bad:g}")
     if any(b <= a for a, b in zip(values, values[1:])):
         raise UserError(f"--speedup {text}: the ladder must rise, each target above the one before (no repeats)")
+    if len({name_of(x) for x in values}) != len(values):
+        raise UserError(f"--speedup {text}: two targets share a name ({', '.join(map(name_of, values))})")
     if target is not None and abs(values[-1] - target) > 1e-9:
         raise UserError(f"prune.ladder {text} must end at the run's --speedup {target:g}")
     return values
@@ -82,14 +87,28 @@ def parse_ladder(text: str) -> tuple[float, ...]:
     return check_ladder(values)
 
 
-def place_rungs(events: list[tuple[int, float]], rungs: list[float]) -> list[tuple[int, float]]:
-    """The schedule's events with each rung below the last at its own event: the first event at
-    or past the rung's fraction of time removed takes exactly that fraction (the schedule stays
-    rising). Refused when the schedule has too few events before its final one."""
+def place_rungs(events: list[tuple[int, float]], rungs: list[float],
+                strict: bool = True) -> tuple[list[tuple[int, float]], list[float]]:
+    """(the schedule's events with each rung below the last at its own event, the rungs placed):
+    the first event at or past a rung's fraction of time removed takes exactly that fraction (the
+    schedule stays rising). With too few events before the final one: refused when `strict` (a
+    ladder the user gave), else the lowest rungs are left out (the default ladder)."""
+    rungs = sorted(rungs)
+    while not strict and len(rungs) > max(0, len(events) - 1):
+        rungs = rungs[1:]
+    try:
+        return _place(events, rungs), rungs
+    except UserError:
+        if strict or not rungs:
+            raise
+        return place_rungs(events, rungs[1:], strict=False)
+
+
+def _place(events: list[tuple[int, float]], rungs: list[float]) -> list[tuple[int, float]]:
     out = list(events)
     last = len(out) - 1
     prev = -1
-    for r in sorted(rungs):
+    for r in rungs:
         i = next((k for k in range(prev + 1, last) if out[k][1] >= r - 1e-12), None)
         if i is None and prev + 1 < last:
             i = last - 1  # every event before the final one is below the rung: the last of them reaches it

@@ -87,13 +87,14 @@ def compaction(p, res: dict, at_step: int):
                       reuse=p.recovery_reuse, max_extra=p.max_recovery_extension)
 
 
-def save_member(out: Path, name: str, model, tokenizer, kept: dict, rec: dict, recovery_steps: int) -> dict:
+def save_member(out: Path, name: str, model, tokenizer, kept: dict, rec: dict, recovery_steps: int,
+                check_event: bool = True) -> dict:
     """A family member below the final target: its compact model saved (`prune/members/<name>/model`),
     its widths checked against the ones its event chose, and its record."""
     from .structures import counts, widths_of
 
     widths = counts(kept)
-    if widths_of(model) != widths or widths != rec["widths"]:
+    if widths_of(model) != widths or (check_event and widths != rec["widths"]):
         raise VerificationError(f"prune: member {name} keeps {widths_of(model)}, its event chose {rec['widths']}")
     where = out / "members" / name / "model"
     model.save_pretrained(where, safe_serialization=True)

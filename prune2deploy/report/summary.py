@@ -84,11 +84,12 @@ def family_summary(report: dict, prune: dict, gate: float) -> list[dict] | None:
         worst = {rt: min(v for v in shapes.values() if v is not None) for rt, shapes in measured.items()
                  if any(v is not None for v in shapes.values())}
         fastest = max(worst, key=worst.get, default=None)
+        kept = acc is not None and bool(dense) and acc >= gate * dense  # as the verdict compares, unrounded
         retained = round(acc / dense, 4) if acc is not None and dense else None
         loop = m.get("latency_loop") or {}
         out.append({
             "name": m["name"], "label": lab, "target_speedup": m["target_speedup"], "widths": m.get("widths"),
-            "metric": acc, "retained": retained, "keeps_gate": retained is not None and retained >= gate,
+            "metric": acc, "retained": retained, "keeps_gate": kept,
             "measured_vs_best_dense": measured, "fastest_runtime": fastest,
             "worst_speedup_vs_best_dense": worst.get(fastest) if fastest else None,
             "loop_met": loop.get("met"),

@@ -267,7 +267,7 @@ def package(
     if member_rec is not None:  # a family's member below the last: its graph, its files, its counts
         export_rec = member_rec
         export_dir = inside(run_dir, Path(member_rec["path"]).parent, "export record member")
-        report = _as_member(report, member)
+        report = _as_member(report, member, member_rec)
     source = inside(run_dir, export_rec["path"], "export record") if member_rec else export_dir / "model.onnx"
     initializers = {
         k: {"onnx_name": v["onnx_name"], "zeros": v["onnx_zeros"], "numel": v["numel"]}
@@ -410,9 +410,11 @@ def _member(report: dict, export_rec: dict, wanted: str | None, int8: bool,
     return wanted, (export_rec.get("members") or {}).get(wanted)
 
 
-def _as_member(report: dict, name: str) -> dict:
-    """The report as the model card and manifest tell it for member `name` (its metrics, target, widths)."""
+def _as_member(report: dict, name: str, export_rec: dict) -> dict:
+    """The report as the model card and manifest tell it for member `name` (its metrics, target, graph)."""
     fam = next(m for m in report["family"] if m["name"] == name)
     metrics = dict(report["metrics"], sparse=report["metrics"].get("members", {}).get(name, {}))
-    return {**report, "metrics": metrics, "target_speedup": fam["target_speedup"], "member": name,
+    onnx = {**(report.get("onnx") or {}), "path": export_rec["path"],
+            "encoder_sparsity": export_rec["encoder_sparsity"], "max_abs_diff": export_rec["max_abs_diff"]}
+    return {**report, "metrics": metrics, "target_speedup": fam["target_speedup"], "member": name, "onnx": onnx,
             "sparsity": {**report["sparsity"], "per_layer": {}}}  # the masks' are the last member's

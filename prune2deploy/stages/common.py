@@ -67,6 +67,11 @@ def checkpoint_path(run_dir: Path, stage: str) -> Path:
     return run_dir / ".checkpoints" / f"{stage}.pt"
 
 
+def checkpoint_files(run_dir: Path, stage: str) -> Path:
+    """A long stage's resumable files beside its checkpoint (removed with it when the stage is recorded)."""
+    return run_dir / ".checkpoints" / f"{stage}-files"
+
+
 def inputs_cache(task, tokenizer, samples):
     """`inputs_for(batch, seq)`: the real task samples encoded at that shape, once per shape
     (the same inputs for every model and runtime)."""

@@ -15,12 +15,13 @@ from ..train import distributed as D
 from ..errors import UserError, VerificationError
 from ..files import write_json_atomic
 from ..model.load import load_model, load_tokenizer
+from ..progress import warn
 from ..pruning import masks as M
 from ..pruning.registry import get_method, settings_for
 from ..pruning.schedule import make_plan
 from ..pruning import family, structured_target
 from ..train.loop import FitConfig, fit, gradient_stream
-from .common import StageContext, checkpoint_path, inputs_cache, load_teacher, setup, train_data
+from .common import StageContext, checkpoint_files, checkpoint_path, inputs_cache, load_teacher, setup, train_data
 
 NEEDS = ("latency", "teacher")
 READS = ("task", "model", "seed", "precision", "attention_dropout", "data", "prune")
@@ -64,8 +65,12 @@ def run(ctx: StageContext) -> dict:
     rungs = {}  # the family's members below the final target: name -> fraction of time removed at its event
     if structured and plan.prune_steps:
         below = family.ladder_of(p)[:-1]
-        plan = replace(plan, prune_steps=tuple(family.place_rungs(list(plan.prune_steps), [1 - 1 / x for x in below])))
-        rungs = {family.name_of(x): 1 - 1 / x for x in below}
+        events, placed = family.place_rungs(list(plan.prune_steps), [1 - 1 / x for x in below], strict=bool(p.ladder))
+        if len(placed) < len(below):
+            warn(f"the schedule has {len(plan.prune_steps)} pruning events: the default ladder's "
+                 f"{', '.join(family.name_of(x) for x in below[:len(below) - len(placed)])} member left out")
+        plan = replace(plan, prune_steps=tuple(events))
+        rungs = {family.name_of(x): 1 - 1 / x for x in below[len(below) - len(placed):]}  # the lowest left out
     kd_teacher = teacher if p.kd_hardness > 0 else None
     nm, block, group = M.parse_pattern(p.pattern), M.block_of(p.pattern), M.group_of(p.pattern)
     odd = next((n for n, mod in modules.items() if mod.weight.shape[-1] % group), None)
@@ -100,8 +105,7 @@ def run(ctx: StageContext) -> dict:
             recipe, task, tokenizer, student, modules, features, settings, ctx.path("latency", "table"),
             plan.prune_steps[-1][1] if plan.prune_steps else None,
             lambda: inputs_cache(task, tokenizer, task.sample_inputs(dev, 64)), D.rank())
-        snapshots = family.Snapshots(checkpoint_path(ctx.run_dir, "prune").with_name("prune-members"), student,
-                                     modules, D.rank())
+        snapshots = family.Snapshots(checkpoint_files(ctx.run_dir, "prune"), student, modules, D.rank())
         resources |= {"rungs": rungs, "snapshot": snapshots.take}
     method = get_method(p.method)(
         settings,
@@ -159,15 +163,11 @@ def run(ctx: StageContext) -> dict:
                                    task.num_labels, recipe.attention_dropout),
                 lambda m: M.prunable_modules(m, p.include_embeddings, p.include_head),
                 cfg, steps, features, tokenizer, kd_teacher, structured_target.check_masks)
-            members.append(structured_target.save_member(out, name, model, tokenizer, kept, rec, steps))
-        result = {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method,
-                                             train_log, compacted, members),
-                  **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks)}
-        if D.is_main():
-            import shutil
-
-            shutil.rmtree(snapshots.folder, ignore_errors=True)
-        return result
+            # rank 0 chose the widths (its loop, its table; the masks broadcast): its record is checked
+            members.append(structured_target.save_member(out, name, model, tokenizer, kept, rec, steps, D.is_main()))
+        return {**structured_target.finish(out, p, student, tokenizer, modules, masks, resources, method,
+                                           train_log, compacted, members),
+                **_schedule_and_masks(p, scale, plan, steps_per_epoch, data_info, masks)}
     try:
         if nm:
             M.check_pattern(masks, *nm)
