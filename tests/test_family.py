@@ -225,3 +225,22 @@ def test_a_sweep_point_is_one_model_and_a_run_gets_the_default_ladder():
                                        "prune.method": "ziplm", "prune.target_sparsity": 0.0})
     assert family.ladder_of(r.prune) == (1.5, 2.0)
     assert family.ladder_of(replace(r.prune, ladder=(2.0,))) == (2.0,)
+
+
+def test_a_members_latency_loop_measures_at_most_a_few_shapes():
+    from prune2deploy.pruning.structured import MEMBER_LOOP_ROUNDS
+
+    model, mods, st = _pruned_model()
+    t = _table(L=3, H=4, W=64)
+    calls = []
+
+    def slow_timer(counts):  # every shape 30% slower than any table says: the loop keeps correcting
+        calls.append(counts)
+        return list(t.full_ms), [1.3 * x for x in t.ms(counts)]
+    slow_timer.references = ["dense on onnxruntime"]
+
+    pruner = StructuredPruner("magnitude", st, t, uniform=True, timer=slow_timer, final_sparsity=0.6,
+                              rungs={"1.5x": 1 - 1 / 1.5})
+    pruner.prune_step(mods, 1 - 1 / 1.5)
+    assert 1 < len(calls) <= MEMBER_LOOP_ROUNDS < 8
+    assert len(pruner.loops["member_1.5x"]["rounds"]) == len(calls)
