@@ -164,8 +164,9 @@ def recover(name: str, snapshots: Snapshots, build, prunable, cfg, steps: int, f
     minimum. `build()` makes a model of the student's architecture, `prunable(model)` its
     prunable modules, `cfg` the main training's FitConfig, `check(structure, modules, masks)`
     that the masks remove whole structures. Returns the compact model and its kept structures."""
+    from ..train.compaction import make_compact
     from ..train.loop import fit
-    from .structures import Structure, compact
+    from .structures import Structure
 
     state, masks = snapshots.get(name)
     model = build()
@@ -176,9 +177,7 @@ def recover(name: str, snapshots: Snapshots, build, prunable, cfg, steps: int, f
     structure = Structure.of(model, modules)
     check(structure, modules, masks)
     kept = structure.kept(modules)
-    for module in modules.values():  # the mask buffers go: the compact model has none
-        del module._buffers[M.MASK]
-    compact(model, kept)
+    make_compact(model, modules, kept)
     if steps > 0:
         lr, lr_min = cfg.lr_at(0), cfg.lr_at(cfg.total_steps)
         member_cfg = replace(

@@ -191,8 +191,8 @@ class StructuredPruner:
         st = self.structure
 
         def search(table):
-            removed = (allocate_uniform(attn, ffn, table, budget, at_least) if self.uniform and at_least
-                       else allocate(attn, ffn, table, budget, self.uniform))
+            removed = (allocate_uniform(attn, ffn, table, budget, at_least or (0, 0)) if self.uniform
+                       else allocate(attn, ffn, table, budget))
             counts = {"heads": [layer.heads - r for layer, r in zip(st.layers, removed["attn"])],
                       "ffn": [layer.ffn - r for layer, r in zip(st.layers, removed["ffn"])]}
             loss = sum(c.loss[r] for c, r in zip(attn, removed["attn"])) + sum(

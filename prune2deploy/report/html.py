@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import read_json
 from ..pruning.family import member_of_label
-from .summary import BENCH_COLUMNS, row_accuracy
+from .summary import BENCH_COLUMNS, _main_name, row_accuracy
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
@@ -81,9 +81,7 @@ def latency_rows(runs: list[dict]) -> list[dict]:
                     "metric_value": value,
                     "metric": p["metric"],
                     # a --speedup family's member by name (the last rung's bench label is "sparse")
-                    "member": member_of_label(b["model"]) or (
-                        (r.get("family") or [{}])[-1].get("name") if b["model"] == "sparse" and r.get("family")
-                        else None),
+                    "member": member_of_label(b["model"]) or (_main_name(r) if b["model"] == "sparse" else None),
                 }
             )
     return out
