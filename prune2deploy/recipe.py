@@ -1,9 +1,7 @@
 """Recipes: frozen dataclasses loaded from `pipelines/<task>.yaml`; CLI flags only override fields.
 
 A pipeline file holds `base:` (shared by all profiles) and `profiles:` (smoke/default/paper),
-each profile a partial recipe merged over the base. A `structured:` section (in the base or a
-profile) is a partial recipe merged over that when the run prunes whole structures (`--speedup`,
-pattern "structured"): its schedule can differ from the unstructured one's. CLI flags win over both.
+each profile a partial recipe merged over the base.
 """
 
 from __future__ import annotations
@@ -288,12 +286,6 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[keys[-1]] = value
 
 
-def _override(d: dict, overrides: dict[str, Any] | None) -> None:
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(d, dotted, value)
-
-
 def pipeline_path(task: str, pipelines_dir: Path | None = None) -> Path:
     return (pipelines_dir or PIPELINES_DIR) / f"{task}.yaml"
 
@@ -344,13 +336,9 @@ def load_recipe(
     merged = _merge(doc.get("base") or {}, profiles[profile] or {})
     merged["task"] = doc.get("task", task)
     merged["profile"] = profile
-    structured = merged.pop("structured", None) or {}
-    if not isinstance(structured, dict):
-        raise UserError(f"{path.name}: 'structured' must be a mapping (a partial recipe)")
-    _override(merged, overrides)
-    if structured and (merged.get("prune") or {}).get("pattern") == "structured":
-        merged = _merge(merged, structured)
-        _override(merged, overrides)  # the user's flags over the structured defaults too
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(merged, dotted, value)
     recipe = _build(Recipe, merged, path.name)
     validate(recipe)
     return recipe

@@ -195,13 +195,12 @@ def run(ctx: StageContext) -> dict:
 
 def member_steps(p, plan, steps_per_epoch: int, train_log: dict) -> int:
     """A family member's recovery on its compact model: `prune.member_recovery_epochs`, or (None)
-    as many steps as the plan trains the last rung at its final widths (the compaction's extension,
-    bought with the last rung's cheaper steps, is not repeated)."""
+    as many steps as the last rung trained at its final widths (its compaction's extension included)."""
     if p.member_recovery_epochs is not None:
         return round(p.member_recovery_epochs * steps_per_epoch)
     c = train_log.get("compaction") or {}
     if "remaining_steps" in c:
-        return c["remaining_steps"]
+        return c["remaining_steps"] + c.get("extra_steps", 0)
     return plan.total_steps - plan.prune_steps[-1][0] if plan.prune_steps else 0
 
 
