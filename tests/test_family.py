@@ -190,6 +190,12 @@ def test_a_ladder_run_validates_exports_and_benches_every_member_and_packages_an
     loop = member["latency_loop"]  # its widths measured on the target runtime (what the clock said is not asserted)
     assert loop["rounds"] and loop["target_speedup"] == pytest.approx(1.2) and member["recovery_steps"] > 0
     assert set(loop["measured_speedup"]) == set(pr["latency_loop"]["final"]["measured_speedup"])
+    gate = pr["dense_gate"]  # the teacher's static INT8 scored per runtime: one under the gate is no reference
+    assert "onnxruntime" in gate and gate["onnxruntime"]["examples"] > 0
+    for info in gate.values():
+        assert info["keeps_gate"] == (info["metric"] >= 0.95 * info["dense"])
+    for ref in pr["latency_loop"]["final"]["reference"].values():
+        assert not ref.startswith("dense-int8") or gate[ref.split(" on ")[1]]["keeps_gate"]
     assert [s for _, s in pr["prune_steps"]].count(pytest.approx(1 - 1 / 1.2)) == 1  # its own event
     assert widths_of_dir(out / member["model_dir"]) == member["widths"]
     val = json.loads((out / "validate" / "stage.json").read_text())["result"]

@@ -330,3 +330,43 @@ def test_the_loop_times_against_the_best_dense_option_on_every_production_runtim
     assert target.references == ["dense-int8 on onnxruntime"] and ms2 == ms  # the pruned model: on the target
     assert dense_ms[0] == pytest.approx(target_ms[0] * 0.5 / 0.8)
     assert "pruned.onnx" not in fakes["openvino"].paths and "pruned.onnx" in fakes["onnxruntime"].paths
+
+
+def test_the_loop_leaves_out_a_dense_int8_option_under_the_accuracy_gate(monkeypatch, tiny_model_dir):
+    """`int8_gate` (the teacher's INT8 scored per runtime, `measure.dense_gate`): a runtime whose
+    dense INT8 misses the gate is not a reference, however fast; asked once, kept in `gate`."""
+    import prune2deploy.runtimes.registry as registry
+    from prune2deploy.measure.latency_table import ShapeTimer
+    from prune2deploy.model.load import load_config
+    from prune2deploy.tasks.registry import get_task
+
+    class Int8Faster(_FakeRuntime):
+        def bench(self, path, inputs, *a, **kw):
+            t, out = super().bench(path, inputs, *a, **kw)
+            quantized = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+            return [x * (0.5 if quantized else 1.0) for x in t], out
+
+    fake = Int8Faster()
+    monkeypatch.setattr(registry, "get_runtime", lambda name: fake)
+    cfg = load_config(str(tiny_model_dir))
+    L, W = cfg.num_hidden_layers, cfg.intermediate_size
+    half = {"heads": [1] * L, "ffn": [W // 2] * L}
+    task = get_task("squad")
+    asked = []
+
+    def gate(keeps):
+        def ask():
+            asked.append(keeps)
+            return {"onnxruntime": {"metric": 50.0, "dense": 60.0, "retained": 0.833, "keeps_gate": keeps}}
+        return ask
+
+    under = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1, reference="target",
+                       int8_gate=gate(False))
+    float_ms, ms = under(half)
+    under(half)
+    assert under.references == ["dense on onnxruntime"] and asked == [False]  # asked once
+    assert under.gate["onnxruntime"]["keeps_gate"] is False
+    over = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1, reference="target",
+                      int8_gate=gate(True))
+    int8_ms, _ = over(half)
+    assert over.references == ["dense-int8 on onnxruntime"] and int8_ms[0] < float_ms[0]

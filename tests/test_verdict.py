@@ -137,3 +137,37 @@ def test_summary_fits_100_columns_and_ends_with_the_verdict():
     assert sum("openvino-bf16" in line for line in table) == 2  # one line per pruned row, no wrapping
     notes = summary_notes(rep)
     assert notes[-1].startswith("ship: ") and rep["verdict"]["shipped"] and any("evaluation only" in n for n in notes)
+
+
+def test_the_best_dense_option_keeps_the_gate_and_a_faster_one_under_it_is_named():
+    """A dense INT8 graph that loses more than the gate allows is timed and shown, but it is not
+    the best dense option a speedup is measured against (measure.dense_gate)."""
+    rows = []
+    for b, k in ((1, 1), (16, 12)):
+        rows += [
+            _row("openvino-bf16", "dense", b, 9.0 * k, "bf16", accuracy=60.0, accuracy_dense=60.0),
+            # the fastest dense row, at 89% of dense F1 on the same examples: under a 95% gate
+            _row("openvino-bf16", "dense-int8", b, 6.0 * k, "int8", accuracy=53.4, accuracy_dense=60.0),
+            _row("onnxruntime", "dense-int8", b, 8.0 * k, "int8", accuracy=58.2, accuracy_dense=60.0),  # 97%
+            _row("openvino-bf16", "sparse", b, 3.0 * k, "bf16", structured=True, accuracy=58.0,
+                 accuracy_dense=60.0),
+        ]
+    latency.add_speedups(rows, 0.95)
+    sparse = next(r for r in rows if r["model"] == "sparse" and r["batch_size"] == 1)
+    assert sparse["best_dense"] == "onnxruntime dense-int8 (int8)"  # the fastest that keeps the gate
+    assert sparse["speedup_vs_best_dense"] == pytest.approx(8.0 / 3.0, abs=1e-3)
+    assert sparse["fastest_dense"].startswith("openvino-bf16 dense-int8 (int8), 89.0%")
+    assert sparse["speedup_vs_fastest_dense"] == pytest.approx(2.0)
+    latency.add_speedups(rows)  # no gate (`p2d bench FILE`): the fastest dense row, as before
+    assert sparse["best_dense"] == "openvino-bf16 dense-int8 (int8)" and "fastest_dense" not in sparse
+    latency.add_speedups(rows, 0.95)
+    rep = {"task": "squad", "method": "ziplm", "target_sparsity": 0.0, "target_speedup": 2.0, "profile": "default",
+           "metric": "f1", "metrics": {"dense": {"f1": 60.0}, "sparse": {"f1": 58.0}}, "bench": rows,
+           "bench_skipped": []}
+    v = verdict(rep, 0.95)
+    assert (v["runtime"], v["model"]) == ("openvino-bf16", "sparse")
+    assert v["speedup_vs_best_dense"] == {"b1s128": pytest.approx(2.667, abs=1e-3), "b16s128": pytest.approx(2.667,
+                                                                                                         abs=1e-3)}
+    assert v["speedup_vs_fastest_dense"]["b1s128"] == pytest.approx(2.0)
+    assert "faster dense under the gate: openvino-bf16 dense-int8 (int8), 89.0% of dense accuracy" in v["line"]
+    assert "2.00x / 2.00x against it" in v["line"]

@@ -258,17 +258,20 @@ class ShapeTimer:
     (calibrated on the bench inputs) on every production runtime installed here: the best dense
     option a user could ship instead, as the bench stage counts it; "target" those two on
     `runtime` only; "dense" the float model on `runtime`. `self.references` says which was
-    fastest, per shape (e.g. "dense-int8 on onnxruntime")."""
+    fastest, per shape (e.g. "dense-int8 on onnxruntime"). `int8_gate() -> {runtime: {"keeps_gate":
+    bool, ...}}` (`measure.dense_gate.teacher_int8`, asked once): the dense INT8 option of a runtime
+    whose trained model's INT8 misses the accuracy gate is left out (`self.gate` keeps the answer)."""
 
     def __init__(self, config, task, runtime: str, shapes, threads: int, inputs_for, opset: int,
                  rounds: int = 3, warmup: int = 3, iters: int = 10, min_time_s: float = 0.5,
-                 reference: str = "best"):
+                 reference: str = "best", int8_gate=None):
         from ..runtimes.registry import get_runtime
 
         self.config, self.task, self.runtime, self.shapes = config, task, runtime, [tuple(s) for s in shapes]
         self.rt, self.threads, self.inputs_for, self.opset = get_runtime(runtime), threads, inputs_for, opset
         self.rounds, self.warmup, self.iters, self.min_time_s = rounds, warmup, iters, min_time_s
         self.reference = reference
+        self.int8_gate, self.gate = int8_gate, None
         self._tmp = tempfile.TemporaryDirectory()
         self._dense: list[tuple[str, object, Path]] | None = None
         self.references: list[str] = []
@@ -295,10 +298,14 @@ class ShapeTimer:
         int8 = Path(self._tmp.name) / "dense.int8.onnx"
         quantize_int8_static(dense, int8, [self.inputs_for(b, s) for b, s in self.shapes])
         names = [self.runtime] + ([n for n in TARGETS if n != self.runtime] if self.reference == "best" else [])
+        if self.int8_gate is not None and self.gate is None:
+            self.gate = self.int8_gate()
         x = self.inputs_for(*self.shapes[0])
         out = []
         for name in names:
             for label, path in (("dense", dense), ("dense-int8", int8)):
+                if label == "dense-int8" and not (self.gate or {}).get(name, {}).get("keeps_gate", True):
+                    continue  # under the accuracy gate: not what a user would ship instead
                 try:
                     rt = self.rt if name == self.runtime else get_runtime(name)
                     if name != self.runtime:

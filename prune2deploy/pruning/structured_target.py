@@ -20,7 +20,7 @@ from . import masks as M
 
 
 def resources(recipe, task, tokenizer, student, modules, features, settings, table_path: Path, final_sparsity,
-              inputs_for, rank: int) -> dict:
+              inputs_for, rank: int, int8_gate=None) -> dict:
     from ..measure.latency_table import Table
     from ..train.loop import input_hessians
     from .structures import Structure
@@ -32,7 +32,7 @@ def resources(recipe, task, tokenizer, student, modules, features, settings, tab
         "structure": structure,
         "latency": table,
         "widths": p.widths,
-        "timer": timer(recipe, task, student.config, table, inputs_for, rank),
+        "timer": timer(recipe, task, student.config, table, inputs_for, rank, int8_gate),
         "final_sparsity": final_sparsity,
     }
     if hasattr(settings, "calibration_examples"):  # ZipLM: OBS with the layer-input Hessians
@@ -45,10 +45,11 @@ def resources(recipe, task, tokenizer, student, modules, features, settings, tab
     return out
 
 
-def timer(recipe, task, config, table, inputs_for, rank: int):
+def timer(recipe, task, config, table, inputs_for, rank: int, int8_gate=None):
     """The latency loop's timer (`measure.latency_table.ShapeTimer`) on the table's runtime, or
     None: the loop off, another rank (rank 0 measures; its masks are broadcast), or a table
-    measured on another CPU (a reused table: this machine's timings would not be the target's)."""
+    measured on another CPU (a reused table: this machine's timings would not be the target's).
+    `int8_gate`: which dense INT8 options keep the accuracy gate (`measure.dense_gate`)."""
     import torch
 
     from ..measure.latency_table import ShapeTimer
@@ -62,7 +63,8 @@ def timer(recipe, task, config, table, inputs_for, rank: int):
             "the table's prediction (measure them there: p2d bench)[/yellow]")
         return None
     return ShapeTimer(config, task, table.runtime, table.shapes, recipe.threads or torch.get_num_threads(),
-                      inputs_for(), recipe.export.opset, reference=recipe.prune.latency_reference)
+                      inputs_for(), recipe.export.opset, reference=recipe.prune.latency_reference,
+                      int8_gate=int8_gate)
 
 
 def check_masks(structure, modules: dict, masks: dict) -> None:
@@ -141,6 +143,8 @@ def finish(out: Path, p, student, tokenizer, modules, masks, res: dict, method, 
         "predicted_ms": [round(x, 3) for x in table.ms(widths)],
         # the latency loop: target, predicted and measured speedup per shape, before training and at the end
         "latency_loop": getattr(getattr(method, "structured", None), "loops", {}) or None,
+        # the teacher's static INT8 per runtime against the accuracy gate: one under it is no reference
+        "dense_gate": getattr(res.get("timer"), "gate", None),
         "dense_ms": table.full_ms,
         "shapes": table.shapes,
         "widths": widths,

@@ -8,7 +8,7 @@ PyTorch before it is timed (`latency.bench_models`); the CPU is recorded with th
 from __future__ import annotations
 
 from ..files import inside, write_json_atomic
-from ..measure.bench_rows import bench_models, chart, loadavg, markdown, reference_outputs
+from ..measure.bench_rows import add_speedups, bench_models, chart, loadavg, markdown, reference_outputs
 from ..measure.machine import cpu_info
 from ..model.load import load_tokenizer
 from ..graphs.int8 import OnnxAsModel
@@ -93,6 +93,7 @@ def run(ctx: StageContext) -> dict:
         for r in rows:
             if "accuracy" in r:
                 r["accuracy_dense"], r["accuracy_examples"] = round(dense_here, 3), len(accuracy_dev)
+        add_speedups(rows, recipe.bench.accuracy_gate)  # the best dense option keeps the gate (measure.dense_gate)
     write_json_atomic(out / "bench.json", rows)
     (out / "bench.md").write_text(markdown(rows))
     chart(

@@ -100,11 +100,16 @@ def run(ctx: StageContext) -> dict:
         )
     resources = {}
     if structured:  # structures, latency table and loop timer, Hessians: pruning/structured_target.py
-        _, dev, _ = task.load(recipe)
+        train_split, dev, _ = task.load(recipe)
+        from ..measure.dense_gate import teacher_int8
+        from ..measure.latency_table import TARGETS
+
         resources = structured_target.resources(
             recipe, task, tokenizer, student, modules, features, settings, ctx.path("latency", "table"),
             plan.prune_steps[-1][1] if plan.prune_steps else None,
-            lambda: inputs_cache(task, tokenizer, task.sample_inputs(dev, 64)), D.rank())
+            lambda: inputs_cache(task, tokenizer, task.sample_inputs(dev, 64)), D.rank(),
+            int8_gate=lambda: teacher_int8(recipe, task, teacher_dir, tokenizer, train_split, dev, TARGETS,
+                                           recipe.threads or torch.get_num_threads()))
         snapshots = family.Snapshots(checkpoint_files(ctx.run_dir, "prune"), student, modules, D.rank())
         resources |= {"rungs": rungs, "snapshot": snapshots.take}
     method = get_method(p.method)(
