@@ -56,12 +56,21 @@ def versions() -> dict[str, str]:
     return out
 
 
-def stage_key(stage: str, recipe: Recipe, upstream: dict[str, dict]) -> str:
+def read_fields(recipe: Recipe, keys) -> dict:
+    """The recipe's values a stage reads: a section ("prune") or one field of one ("bench.accuracy_gate")."""
     d = recipe.to_dict()
+    out = {}
+    for k in keys:
+        section, _, name = k.partition(".")
+        out[k] = d[section][name] if name else d[section]
+    return out
+
+
+def stage_key(stage: str, recipe: Recipe, upstream: dict[str, dict]) -> str:
     return sha256_json(
         {
             "stage": stage,
-            "reads": {k: d[k] for k in reads(stage)},
+            "reads": read_fields(recipe, reads(stage)),
             "upstream": {k: v["output_hash"] for k, v in upstream.items()},
             "p2d": __version__,
         }
@@ -203,7 +212,7 @@ def _run_stage_here(stage: str, recipe: Recipe, run_dir: Path, upstream: dict, k
         "stage": stage,
         "status": "done",
         "key": key,
-        "reads": {k: recipe.to_dict()[k] for k in module.READS},
+        "reads": read_fields(recipe, module.READS),
         "upstream": {k: v["output_hash"] for k, v in upstream.items()},
         "outputs": outputs,
         "external": external,

@@ -355,8 +355,9 @@ def test_the_loop_leaves_out_a_dense_int8_option_under_the_accuracy_gate(monkeyp
     asked = []
 
     def gate(keeps):
-        def ask():
+        def ask(names):
             asked.append(keeps)
+            assert names == ["onnxruntime"]  # reference="target": only the target runtime is scored
             return {"onnxruntime": {"metric": 50.0, "dense": 60.0, "retained": 0.833, "keeps_gate": keeps}}
         return ask
 

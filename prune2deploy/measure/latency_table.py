@@ -258,7 +258,7 @@ class ShapeTimer:
     (calibrated on the bench inputs) on every production runtime installed here: the best dense
     option a user could ship instead, as the bench stage counts it; "target" those two on
     `runtime` only; "dense" the float model on `runtime`. `self.references` says which was
-    fastest, per shape (e.g. "dense-int8 on onnxruntime"). `int8_gate() -> {runtime: {"keeps_gate":
+    fastest, per shape (e.g. "dense-int8 on onnxruntime"). `int8_gate(runtimes) -> {runtime: {"keeps_gate":
     bool, ...}}` (`measure.dense_gate.teacher_int8`, asked once): the dense INT8 option of a runtime
     whose trained model's INT8 misses the accuracy gate is left out (`self.gate` keeps the answer)."""
 
@@ -299,7 +299,12 @@ class ShapeTimer:
         quantize_int8_static(dense, int8, [self.inputs_for(b, s) for b, s in self.shapes])
         names = [self.runtime] + ([n for n in TARGETS if n != self.runtime] if self.reference == "best" else [])
         if self.int8_gate is not None and self.gate is None:
-            self.gate = self.int8_gate()
+            try:
+                self.gate = self.int8_gate(names)
+            except Exception as e:  # noqa: BLE001 - no answer: every INT8 option stays a reference
+                log(f"[yellow]latency loop: the dense INT8 options could not be scored ({e}); all are "
+                    "references[/yellow]")
+                self.gate = {}
         x = self.inputs_for(*self.shapes[0])
         out = []
         for name in names:

@@ -24,7 +24,9 @@ from ..train.loop import FitConfig, fit, gradient_stream
 from .common import StageContext, checkpoint_files, checkpoint_path, inputs_cache, load_teacher, setup, train_data
 
 NEEDS = ("latency", "teacher")
-READS = ("task", "model", "seed", "precision", "attention_dropout", "data", "prune")
+# structured: the latency loop leaves out a dense INT8 reference under the accuracy gate (measure/dense_gate.py)
+READS = ("task", "model", "seed", "precision", "attention_dropout", "data", "prune", "bench.accuracy_gate",
+         "bench.accuracy_examples", "export.opset", "export.calibration", "export.calibration_examples")
 PARALLEL = True  # data parallel: every rank trains, rank 0's masks are broadcast
 
 
@@ -102,14 +104,13 @@ def run(ctx: StageContext) -> dict:
     if structured:  # structures, latency table and loop timer, Hessians: pruning/structured_target.py
         train_split, dev, _ = task.load(recipe)
         from ..measure.dense_gate import teacher_int8
-        from ..measure.latency_table import TARGETS
 
         resources = structured_target.resources(
             recipe, task, tokenizer, student, modules, features, settings, ctx.path("latency", "table"),
             plan.prune_steps[-1][1] if plan.prune_steps else None,
             lambda: inputs_cache(task, tokenizer, task.sample_inputs(dev, 64)), D.rank(),
-            int8_gate=lambda: teacher_int8(recipe, task, teacher_dir, tokenizer, train_split, dev, TARGETS,
-                                           recipe.threads or torch.get_num_threads()))
+            int8_gate=lambda names: teacher_int8(recipe, task, teacher_dir, tokenizer, train_split, dev, names,
+                                                 recipe.threads or torch.get_num_threads()))
         snapshots = family.Snapshots(checkpoint_files(ctx.run_dir, "prune"), student, modules, D.rank())
         resources |= {"rungs": rungs, "snapshot": snapshots.take}
     method = get_method(p.method)(
