@@ -34,15 +34,15 @@ def keeps_gate(row: dict, gate: float | None) -> bool:
 def teacher_int8(recipe, task, teacher_dir: str, tokenizer, train, dev, runtimes, threads: int) -> dict[str, dict]:
     """{runtime: {"metric", "dense", "retained", "keeps_gate"}}: the teacher's static INT8 graph
     (calibrated on the train split as the quantize stage does) scored on each of `runtimes` on
-    the first `bench.accuracy_examples` dev examples, beside the dense fp32 graph on ONNX Runtime
-    on the same examples; a runtime that cannot run it here is left out."""
+    the bench's dev examples (`bench.accuracy_examples`; default: all the run's), beside the dense
+    fp32 graph on ONNX Runtime on the same examples; a runtime that cannot run it here is left out."""
     from ..errors import UserError
     from ..graphs.int8 import OnnxAsModel, calibration_batches, calibration_count, quantize_int8_static
     from ..graphs.onnx_export import export_onnx
     from ..runtimes.registry import session_of
 
     e, gate = recipe.export, recipe.bench.accuracy_gate
-    examples = dev.select(range(min(recipe.bench.accuracy_examples, len(dev))))
+    examples = dev.select(range(min(recipe.bench.accuracy_examples or len(dev), len(dev))))
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "dense.onnx", Path(tmp) / "dense.int8.onnx"
         export_onnx(teacher_dir, task, e.opset, fp32)

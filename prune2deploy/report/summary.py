@@ -176,7 +176,7 @@ def verdict(report: dict, gate: float) -> dict | None:
     line = (f"ship: {what} on {runtime}, {speed} vs the best dense ({mine[0]['best_dense']}) at {at}; "
             f"{metric} {acc:.2f} ({acc / dense_same:.1%} of dense {dense_same:.2f}{on}, gate {gate:.0%}); "
             f"licence {licence}") + misses
-    under = [r for r in mine if r.get("fastest_dense")]  # a faster dense option, under the gate: named, not the baseline
+    under = [r for r in mine if r.get("fastest_dense")]  # a faster dense option under the gate: named, no baseline
     if under:
         line += "; faster dense under the gate: " + "; ".join(
             f"b{r['batch_size']} {r['fastest_dense']} ({r['speedup_vs_fastest_dense']:.2f}x against it)" for r in under)

@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> dict:
 
     for label, m in models.items():
         m["structured"] = structured and label.startswith("sparse")
-    accuracy_dev = dev.select(range(min(recipe.bench.accuracy_examples, len(dev))))
+    accuracy_dev = dev.select(range(min(recipe.bench.accuracy_examples or len(dev), len(dev))))
     accuracies: dict = {}
 
     def accuracy(label, runtime):
