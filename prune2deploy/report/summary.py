@@ -161,7 +161,7 @@ def verdict(report: dict, gate: float) -> dict | None:
             best = (worst, key, mine, acc, dense_same, n)  # a tie: the more accurate (a family's wider member)
     missed = [m for m in report.get("family") or [] if not m["keeps_gate"]]
     misses = "" if not missed else "; gate missed by " + ", ".join(  # a family: which targets missed it, by how much
-        f"the {m['name']} member ({m['retained']:.1%}, {gate - m['retained']:.1%} under)"
+        f"the {m['name']} member ({m['retained']:.2%}, {gate - m['retained']:.2%} under)"
         if m["retained"] is not None else f"the {m['name']} member (not scored)" for m in missed)
     if best is None:
         return {"line": f"ship: nothing timed on a production runtime here keeps {gate:.0%} of dense {metric}"
