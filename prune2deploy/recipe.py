@@ -143,8 +143,8 @@ class BenchConfig:
     warmup: int = 5
     iters: int = 30
     min_time_s: float = 2.0  # per shape, after warm-up, at least this long
-    # An INT8 row is judged by the task metric of its graph on its runtime, on the first
-    # `accuracy_examples` dev examples: refused when more than `accuracy_tolerance` (metric
+    # An INT8 row is judged by the task metric of its graph on its runtime, on `accuracy_examples`
+    # dev examples (the first N): refused when more than `accuracy_tolerance` (metric
     # points) below the same graph on ONNX Runtime (runtimes requantize differently: logits differ)
     # None: every eval example, the ones validate scores the fp32 models on, so every row's accuracy
     # (fp32, bf16, INT8) is judged on the same questions (200 of squad's 1,000 put a pruned model's

@@ -65,7 +65,12 @@ def test_the_compact_model_takes_the_masked_models_steps():
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     x = {"input_ids": torch.randint(1000, 2000, (4, 16), generator=torch.Generator().manual_seed(3))}
     reference.eval(), model.eval()
-    assert torch.allclose(reference(**x).start_logits, model(**x).start_logits, atol=1e-4)
+
+    def over_positions(logits):  # what the softmax over positions sees: the noise biases' shift taken out
+        return logits - logits.mean(dim=-1, keepdim=True)
+
+    assert torch.allclose(over_positions(reference(**x).start_logits), over_positions(model(**x).start_logits),
+                          atol=1e-4)
     assert c.masks is not None and c.kept == KEPT
 
 

@@ -256,25 +256,33 @@ def test_obs_losses_in_one_unit_divide_by_the_layernorm_input_variance(tiny_qa):
     assert StructuredPruner._unit(torch.tensor(2.0, dtype=torch.float64), ln) == pytest.approx(9.0 / 2.0)
 
 
+class _Int8Faster(_FakeRuntime):
+    """Runs a static INT8 graph (QuantizeLinear in it) in half the time of a float one."""
+
+    def bench(self, path, inputs, *a, **kw):
+        t, out = super().bench(path, inputs, *a, **kw)
+        quantized = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+        return [x * (0.5 if quantized else 1.0) for x in t], out
+
+
+def _tiny_half(model_dir):
+    """The tiny model's config and a shape of half its widths."""
+    from prune2deploy.model.load import load_config
+
+    cfg = load_config(str(model_dir))
+    L, W = cfg.num_hidden_layers, cfg.intermediate_size
+    return cfg, {"heads": [1] * L, "ffn": [W // 2] * L}
+
+
 def test_the_loop_times_against_dense_int8_where_it_is_the_faster_dense_option(monkeypatch, tiny_model_dir):
     """reference="best": the dense model's static INT8 is timed in the same rounds; where the
     runtime runs it faster than the float model, it is the dense figure the speedup is over."""
     import prune2deploy.runtimes.registry as registry
     from prune2deploy.measure.latency_table import ShapeTimer
-    from prune2deploy.model.load import load_config
     from prune2deploy.tasks.registry import get_task
 
-    class Int8Faster(_FakeRuntime):
-        def bench(self, path, inputs, *a, **kw):
-            t, out = super().bench(path, inputs, *a, **kw)
-            quantized = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
-            return [x * (0.5 if quantized else 1.0) for x in t], out
-
-    fake = Int8Faster()
-    monkeypatch.setattr(registry, "get_runtime", lambda name: fake)
-    cfg = load_config(str(tiny_model_dir))
-    L, W = cfg.num_hidden_layers, cfg.intermediate_size
-    half = {"heads": [1] * L, "ffn": [W // 2] * L}
+    monkeypatch.setattr(registry, "get_runtime", lambda name, fake=_Int8Faster(): fake)
+    cfg, half = _tiny_half(tiny_model_dir)
     task = get_task("squad")
     best = ShapeTimer(cfg, task, "onnxruntime", [(1, 16)], 1, _inputs_for, 14, rounds=1, reference="target")
     dense_ms, ms = best(half)
@@ -337,20 +345,10 @@ def test_the_loop_leaves_out_a_dense_int8_option_under_the_accuracy_gate(monkeyp
     dense INT8 misses the gate is not a reference, however fast; asked once, kept in `gate`."""
     import prune2deploy.runtimes.registry as registry
     from prune2deploy.measure.latency_table import ShapeTimer
-    from prune2deploy.model.load import load_config
     from prune2deploy.tasks.registry import get_task
 
-    class Int8Faster(_FakeRuntime):
-        def bench(self, path, inputs, *a, **kw):
-            t, out = super().bench(path, inputs, *a, **kw)
-            quantized = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
-            return [x * (0.5 if quantized else 1.0) for x in t], out
-
-    fake = Int8Faster()
-    monkeypatch.setattr(registry, "get_runtime", lambda name: fake)
-    cfg = load_config(str(tiny_model_dir))
-    L, W = cfg.num_hidden_layers, cfg.intermediate_size
-    half = {"heads": [1] * L, "ffn": [W // 2] * L}
+    monkeypatch.setattr(registry, "get_runtime", lambda name, fake=_Int8Faster(): fake)
+    cfg, half = _tiny_half(tiny_model_dir)
     task = get_task("squad")
     asked = []
 
