@@ -31,6 +31,12 @@ def keeps_gate(row: dict, gate: float | None) -> bool:
     return acc >= gate * dense
 
 
+def judged_on(recipe, dev):
+    """The dev examples every bench row (and the teacher's INT8 here) is scored on: the first
+    `bench.accuracy_examples`, or all of them (None, the default: the ones validate scores)."""
+    return dev.select(range(min(recipe.bench.accuracy_examples or len(dev), len(dev))))
+
+
 def teacher_int8(recipe, task, teacher_dir: str, tokenizer, train, dev, runtimes, threads: int) -> dict[str, dict]:
     """{runtime: {"metric", "dense", "retained", "keeps_gate"}}: the teacher's static INT8 graph
     (calibrated on the train split as the quantize stage does) scored on each of `runtimes` on
@@ -42,7 +48,7 @@ def teacher_int8(recipe, task, teacher_dir: str, tokenizer, train, dev, runtimes
     from ..runtimes.registry import session_of
 
     e, gate = recipe.export, recipe.bench.accuracy_gate
-    examples = dev.select(range(min(recipe.bench.accuracy_examples or len(dev), len(dev))))
+    examples = judged_on(recipe, dev)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "dense.onnx", Path(tmp) / "dense.int8.onnx"
         export_onnx(teacher_dir, task, e.opset, fp32)

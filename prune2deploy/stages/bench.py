@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..files import inside, write_json_atomic
 from ..measure.bench_rows import add_speedups, bench_models, chart, loadavg, markdown, reference_outputs
+from ..measure.dense_gate import judged_on
 from ..measure.machine import cpu_info
 from ..model.load import load_tokenizer
 from ..graphs.int8 import OnnxAsModel
@@ -57,7 +58,7 @@ def run(ctx: StageContext) -> dict:
 
     for label, m in models.items():
         m["structured"] = structured and label.startswith("sparse")
-    accuracy_dev = dev.select(range(min(recipe.bench.accuracy_examples or len(dev), len(dev))))
+    accuracy_dev = judged_on(recipe, dev)
     accuracies: dict = {}
 
     def accuracy(label, runtime):
